@@ -1,0 +1,125 @@
+"""Bundled and hub datasets → tokenised batches that ``model(**batch)`` accepts."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from dataclasses import dataclass
+from importlib import resources
+from typing import Iterator
+
+import torch
+
+from .errors import SalienceBenchError
+
+
+@dataclass(frozen=True)
+class TextDataset:
+    name: str
+    split: str
+    texts: list[str]
+    labels: list[int]
+
+    @property
+    def num_labels(self) -> int:
+        return max(self.labels) + 1
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+# Bundled name → (split → gzip file in salience_bench/_data, text column, hub name for the same data)
+BUNDLED = {
+    "sst2": ({"train": "sst2_train.tsv.gz", "validation": "sst2_validation.tsv.gz"}, "sentence", "glue/sst2"),
+    "ag_news": ({"train": "ag_news_train_sample.tsv.gz", "test": "ag_news_test.tsv.gz"}, "text", "ag_news"),
+}
+DATASET_CHOICES = (*BUNDLED, "hf:<name>[/<config>]")
+
+
+def _read_bundled(name: str, split: str) -> TextDataset:
+    files, text_column, _ = BUNDLED[name]
+    if split not in files:
+        raise SalienceBenchError(f"dataset {name!r} has no split {split!r}; bundled splits: {', '.join(files)}")
+    raw = resources.files("salience_bench").joinpath("_data", files[split]).read_bytes()
+    reader = csv.DictReader(io.StringIO(gzip.decompress(raw).decode("utf-8")), delimiter="\t", quoting=csv.QUOTE_NONE)
+    texts, labels = [], []
+    for row in reader:
+        texts.append(row[text_column])
+        labels.append(int(row["label"]))
+    return TextDataset(name, split, texts, labels)
+
+
+def _read_hub(spec: str, split: str) -> TextDataset:
+    try:
+        import datasets
+    except ImportError as err:
+        raise SalienceBenchError(f"dataset {spec!r} needs the 'datasets' package: pip install datasets") from err
+    path, _, config = spec.partition("/")
+    try:
+        ds = datasets.load_dataset(path, config or None, split=split)
+    except Exception as err:  # the datasets library raises many types for missing names/network
+        raise SalienceBenchError(f"cannot load dataset {spec!r} split {split!r}: {err}") from err
+    text_column = next((c for c in ("sentence", "text", "content") if c in ds.column_names), None)
+    if text_column is None or "label" not in ds.column_names:
+        raise SalienceBenchError(
+            f"dataset {spec!r} needs a text column (sentence/text/content) and a 'label' column; "
+            f"it has {ds.column_names}"
+        )
+    return TextDataset(spec, split, list(ds[text_column]), [int(x) for x in ds["label"]])
+
+
+def load_dataset(name: str = "sst2", split: str = "train") -> TextDataset:
+    """A text-classification split: bundled ``sst2`` / ``ag_news`` (offline), or ``hf:<name>[/<config>]``."""
+    if name in BUNDLED:
+        data = _read_bundled(name, split)
+    elif name.startswith("hf:") and len(name) > 3:
+        data = _read_hub(name[3:], split)
+    else:
+        raise SalienceBenchError(f"unknown dataset {name!r}; valid: {', '.join(DATASET_CHOICES)}")
+    if not data.texts:
+        raise SalienceBenchError(f"dataset {name!r} split {split!r} is empty")
+    return data
+
+
+def make_batches(
+    data: TextDataset,
+    tokenizer,
+    *,
+    batch_size: int = 32,
+    num_batches: int | None = None,
+    max_length: int = 64,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> list[dict[str, torch.Tensor]]:
+    """Tokenised batches (padded to the longest sequence in the batch) with ``labels``.
+
+    With ``shuffle`` the examples are a seeded random sample of the split, so the same
+    seed always scores on the same sentences.
+    """
+    if batch_size < 1:
+        raise SalienceBenchError(f"batch size must be ≥ 1, got {batch_size}")
+    if num_batches is not None and num_batches < 1:
+        raise SalienceBenchError(f"number of batches must be ≥ 1, got {num_batches}")
+    order = (
+        torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
+        if shuffle
+        else list(range(len(data)))
+    )
+    if num_batches is not None:
+        order = order[: num_batches * batch_size]
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tokenizer(
+            [data.texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        batch = dict(enc)
+        batch["labels"] = torch.tensor([data.labels[i] for i in idx], dtype=torch.long)
+        batches.append(batch)
+    return batches
+
+
+def iter_to_device(batches, device: torch.device | str) -> Iterator[dict[str, torch.Tensor]]:
+    for batch in batches:
+        yield {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

