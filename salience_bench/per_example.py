@@ -1,0 +1,90 @@
+"""Per-example squared gradients of linear weights, from hooks, in one backward per batch.
+
+For ``y = x Wᵀ (+ b)`` with input ``x`` of shape (B, ..., in) and output gradient
+``G = ∂L/∂y`` of shape (B, ..., out), the gradient that example ``n`` puts on ``W`` is
+``Gₙᵀ xₙ`` summed over its positions (the Opacus / BackPACK identity). Positions
+never mix across examples, so padding cannot leak between examples; padded
+positions of one example get zero output gradient from a correctly masked model.
+
+The batch loss is assumed to be the *mean* of per-example losses (the Hugging Face
+convention for classification), so the gradient of example ``n``'s own loss is
+``B · Gₙᵀ xₙ``. This works for any architecture built from ``nn.Linear``, unlike
+``torch.func.vmap``, which fails on BERT's data-dependent masking code.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .errors import SalienceBenchError
+
+
+class ExampleSquaredGradients:
+    """Accumulates Σₙ gₙ² (float32) for the weights of the given linear modules."""
+
+    def __init__(self, modules: Mapping[str, nn.Linear]):
+        self.modules = dict(modules)
+        self.sums = {
+            name: torch.zeros(m.weight.shape, dtype=torch.float32, device=m.weight.device)
+            for name, m in self.modules.items()
+        }
+        self.examples = 0
+        self._calls: dict[str, int] = {}
+
+    def _forward_hook(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if not torch.is_grad_enabled() or not output.requires_grad:
+                return
+            self._calls[name] = self._calls.get(name, 0) + 1
+            if self._calls[name] > 1:
+                raise SalienceBenchError(
+                    f"fisher: module {name!r} ran more than once in one forward pass (shared weights); "
+                    "per-example gradients from hooks need one call per forward"
+                )
+            x = inputs[0].detach()
+
+            def on_output_grad(grad_out: torch.Tensor) -> None:
+                batch = x.shape[0]
+                xs = x.reshape(batch, -1, x.shape[-1]).float()
+                gs = grad_out.reshape(batch, -1, grad_out.shape[-1]).float() * batch
+                per_example = torch.bmm(gs.transpose(1, 2), xs)  # (B, out, in)
+                self.sums[name].add_(per_example.square_().sum(0))
+
+            output.register_hook(on_output_grad)
+
+        return hook
+
+    def start_batch(self, batch_size: int) -> None:
+        self._calls.clear()
+        self.examples += batch_size
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        return {name: s / max(self.examples, 1) for name, s in self.sums.items()}
+
+    @contextmanager
+    def hooked(self) -> Iterator["ExampleSquaredGradients"]:
+        handles = [m.register_forward_hook(self._forward_hook(name)) for name, m in self.modules.items()]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def linear_modules_for(model: nn.Module, params: Mapping[str, nn.Parameter]) -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` owning each parameter, keyed by parameter name; a clear error otherwise."""
+    owners = {id(m.weight): m for m in model.modules() if isinstance(m, nn.Linear)}
+    modules = {}
+    for name, p in params.items():
+        module = owners.get(id(p))
+        if module is None:
+            raise SalienceBenchError(
+                f"fisher needs per-example gradients, which are computed for nn.Linear weights only; "
+                f"{name!r} is not one (exclude it with --exclude or pick another metric)"
+            )
+        modules[name] = module
+    return modules

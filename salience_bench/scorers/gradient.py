@@ -1,0 +1,48 @@
+"""Scorers built from the mean gradient ḡ over the scoring batches.
+
+ḡ = (1/B) Σ_b ∇_W L_b, where L_b is the mean loss of scoring batch b. SPEFT
+accumulates the signed gradient first and applies the function afterwards; so do we.
+All of these share one pass over the data.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .registry import MEAN_GRAD, TensorStats, register
+
+
+@register("grad", needs={MEAN_GRAD}, aliases=("gradient",), source="SPEFT 'gradient'")
+def grad(t: TensorStats) -> torch.Tensor:
+    """|ḡ|: magnitude of the mean gradient (SPEFT's recommended metric)."""
+    return t.mean_grad.abs()
+
+
+@register("snip", needs={MEAN_GRAD}, aliases=("saliency",), source="Lee et al. 2019 (SNIP); SPEFT 'saliency'")
+def snip(t: TensorStats) -> torch.Tensor:
+    """|W ⊙ ḡ|: connection sensitivity."""
+    return (t.weight * t.mean_grad).abs()
+
+
+@register("plain", needs={MEAN_GRAD}, source="zero-cost-nas 'plain'")
+def plain(t: TensorStats) -> torch.Tensor:
+    """W ⊙ ḡ (signed): first-order change of the loss if the weight were removed, negated."""
+    return t.weight * t.mean_grad
+
+
+@register("skeletonization", needs={MEAN_GRAD}, source="Mozer & Smolensky 1989; SPEFT 'skeletonization'")
+def skeletonization(t: TensorStats) -> torch.Tensor:
+    """−W ⊙ ḡ (signed): first-order estimate of the loss increase when the weight is zeroed."""
+    return -(t.weight * t.mean_grad)
+
+
+@register("taylor_fo", needs={MEAN_GRAD}, aliases=("taylor-fo",), source="Molchanov et al. 2019; SPEFT 'Taylor-FO'")
+def taylor_fo(t: TensorStats) -> torch.Tensor:
+    """(W ⊙ ḡ)²: first-order Taylor importance."""
+    return (t.weight * t.mean_grad).square()
+
+
+@register("grad_norm", needs={MEAN_GRAD}, source="zero-cost-nas 'grad_norm'")
+def grad_norm(t: TensorStats) -> torch.Tensor:
+    """‖ḡ‖₂ of the whole tensor, broadcast to every weight (ranks tensors, not weights)."""
+    return torch.full_like(t.weight, torch.linalg.vector_norm(t.mean_grad).item())
