@@ -1,0 +1,51 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+from transformers.utils import logging as hf_logging
+
+hf_logging.set_verbosity_error()
+
+TINY = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    max_position_embeddings=64, num_labels=2,
+    initializer_range=0.2,  # larger than BERT's 0.02 so gradients are far from float underflow
+)
+
+
+def tiny_bert(seed: int = 0, vocab_size: int = 60, dtype=torch.float32) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(BertConfig(vocab_size=vocab_size, **TINY))
+    return model.to(dtype)
+
+
+def tiny_batches(seed: int = 1, num_batches: int = 3, batch_size: int = 4, max_len: int = 9, vocab_size: int = 60):
+    """Padded batches with different true lengths per example, as a tokenizer would make them."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(num_batches):
+        lengths = torch.randint(3, max_len + 1, (batch_size,), generator=g)
+        lengths[0] = max_len  # at least one example fills the batch
+        ids = torch.randint(1, vocab_size, (batch_size, max_len), generator=g)
+        mask = (torch.arange(max_len)[None, :] < lengths[:, None]).long()
+        batches.append({
+            "input_ids": ids * mask,  # 0 is the pad id
+            "attention_mask": mask,
+            "token_type_ids": torch.zeros_like(ids),
+            "labels": torch.randint(0, 2, (batch_size,), generator=g),
+        })
+    return batches
+
+
+@pytest.fixture
+def model():
+    return tiny_bert()
+
+
+@pytest.fixture
+def batches():
+    return tiny_batches()

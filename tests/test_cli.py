@@ -1,0 +1,148 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import salience_bench as sb
+from salience_bench import analysis, compare
+
+from .conftest import tiny_bert
+
+OUTPUTS = ["overlap.csv", "rank_correlation.csv", "allocation.csv", "manifest.json"]
+FIGURES = [f"{stem}.{ext}" for stem in ("jaccard_heatmap", "spearman_heatmap", "allocation") for ext in ("png", "pdf")]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random BERT classifier saved with the bundled tokenizer, so the CLI can load it as a folder."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = AutoTokenizer.from_pretrained(str(sb.models.bundled_model_path()))
+    tiny_bert(vocab_size=tokenizer.vocab_size).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def run_cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "salience_bench.compare", *args], capture_output=True, text=True, env=env)
+
+
+def tiny_args(model_dir, out, *extra):
+    return ["--model", str(model_dir), "--batches", "2", "--batch-size", "4", "--max-length", "16",
+            "--out", str(out), "--quiet", *extra]
+
+
+def test_tiny_model_end_to_end(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert compare.main(tiny_args(tiny_model_dir, out, "--metrics", "grad,snip,fisher,magnitude", "--seed", "3")) == 0
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    for name in FIGURES:
+        assert (out / "figures" / name).stat().st_size > 1000, name
+    overlap = pd.read_csv(out / "overlap.csv")
+    ranks = pd.read_csv(out / "rank_correlation.csv")
+    alloc = pd.read_csv(out / "allocation.csv")
+    assert list(overlap.columns) == analysis.OVERLAP_COLUMNS
+    assert list(ranks.columns) == analysis.RANK_COLUMNS
+    assert list(alloc.columns) == analysis.ALLOCATION_COLUMNS
+    assert len(overlap) == len(ranks) == 6 * (12 + 1)  # 6 pairs × (12 tensors + all)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["metrics"] == ["grad", "snip", "fisher", "magnitude"]
+    assert manifest["seed"] == 3 and manifest["versions"]["torch"] == torch.__version__
+    total = manifest["eligible_weights"]
+    assert (alloc[alloc.layer == "all"].selected == round(0.01 * total)).all()
+    printed = capsys.readouterr().out
+    assert "chance-level Jaccard" in printed and "Spearman" in printed
+    # No temporary files are left behind.
+    assert not [p for p in out.rglob(".*") if p.is_file()]
+
+
+def test_same_seed_same_results(tiny_model_dir, tmp_path):
+    for name in ("a", "b"):
+        assert compare.main(tiny_args(tiny_model_dir, tmp_path / name, "--metrics", "grad,random", "--no-figures")) == 0
+    for name in ("overlap.csv", "rank_correlation.csv", "allocation.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_k_and_layer_scope(tiny_model_dir, tmp_path):
+    assert compare.main(tiny_args(tiny_model_dir, tmp_path / "k", "--metrics", "grad,snip", "--k", "500", "--no-figures")) == 0
+    alloc = pd.read_csv(tmp_path / "k" / "allocation.csv")
+    assert (alloc[alloc.layer == "all"].selected == 500).all()
+    assert compare.main(tiny_args(tiny_model_dir, tmp_path / "l", "--metrics", "grad,snip", "--scope", "layer",
+                                  "--density", "0.1", "--no-figures")) == 0
+    alloc = pd.read_csv(tmp_path / "l" / "allocation.csv")
+    per_layer = alloc[alloc.layer != "all"]
+    assert (per_layer.selected == (per_layer.numel * 0.1).round()).all()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--metrics", "grad,snp"], "unknown metric 'snp'. Did you mean 'snip'?"),
+        (["--density", "0"], "density 0 must be in (0, 1]"),
+        (["--density", "1.5"], "density 1.5 must be in (0, 1]"),
+        (["--k", "100000000"], "--k 100000000 is larger than the"),
+        (["--dataset", "imdb"], "unknown dataset 'imdb'"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--include", "nothing*"], "no eligible tensors"),
+        (["--k", "10", "--scope", "layer"], "--k is a global count"),
+        (["--batches", "0"], "0 must be ≥ 1"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny_model_dir, tmp_path, args, message):
+    out = tmp_path / "out"
+    result = run_cli(*tiny_args(tiny_model_dir, out), *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not any(out.glob("*.csv")) and not (out / "manifest.json").exists()
+
+
+def test_unwritable_and_finished_output_folders(tiny_model_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = run_cli(*tiny_args(tiny_model_dir, blocker / "sub"))
+    assert result.returncode == 2 and "is not writable" in result.stderr and "Traceback" not in result.stderr
+    out = tmp_path / "done"
+    assert compare.main(tiny_args(tiny_model_dir, out, "--metrics", "magnitude,random", "--no-figures")) == 0
+    before = (out / "overlap.csv").read_bytes()
+    result = run_cli(*tiny_args(tiny_model_dir, out, "--metrics", "grad,snip"))
+    assert result.returncode == 2 and "already holds a finished run" in result.stderr
+    assert (out / "overlap.csv").read_bytes() == before
+    assert compare.main(tiny_args(tiny_model_dir, out, "--metrics", "grad,snip", "--no-figures", "--overwrite")) == 0
+
+
+def test_list_metrics_and_help():
+    result = run_cli("--list-metrics")
+    assert result.returncode == 0
+    for name in sb.list_metrics():
+        assert name in result.stdout
+    assert "alias: gradient" in result.stdout
+    result = run_cli("--help")
+    for flag in ("--metrics", "--density", "--k", "--scope", "--batches", "--batch-size", "--seed", "--device",
+                 "--list-metrics", "--include", "--exclude", "--out", "--dataset", "--model"):
+        assert flag in result.stdout
+
+
+@pytest.mark.slow
+def test_bundled_default_run(tmp_path):
+    """The README's main command, as a user runs it (only --out added)."""
+    out = tmp_path / "default"
+    result = run_cli("--metrics", "grad,snip,fisher", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["eligible_weights"] == 10_616_832
+    assert manifest["selected_weights"] == round(0.01 * 10_616_832)
+    overlap = pd.read_csv(out / "overlap.csv")
+    glob = overlap[overlap.layer == "all"]
+    # Metrics agree far above chance on the real model (chance Jaccard ≈ 0.005).
+    assert (glob.jaccard > 10 * manifest["chance_jaccard"]).all()
+    assert "scoring" in result.stderr  # progress bars go to stderr
+    for name in FIGURES:
+        assert (out / "figures" / name).is_file()

@@ -1,0 +1,134 @@
+import math
+
+import pytest
+import torch
+
+import salience_bench as sb
+from salience_bench.masks import top_k_mask
+
+
+def random_scores(seed=0, shapes=((40, 30), (17,), (5, 5, 4), (64, 8)), integer=False):
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for i, shape in enumerate(shapes):
+        s = torch.randn(shape, generator=g)
+        out[f"t{i}"] = (s * 3).round() if integer else s
+    return out
+
+
+def brute_force_top_k(scores, k):
+    """Sort (score descending, tensor order, flat index) in plain Python and take the first k."""
+    entries = []
+    for t, (name, s) in enumerate(scores.items()):
+        for i, v in enumerate(s.reshape(-1).tolist()):
+            entries.append((-v, t, i, name))
+    entries.sort()
+    chosen = {name: torch.zeros(s.numel(), dtype=torch.bool) for name, s in scores.items()}
+    for _, _, i, name in entries[:k]:
+        chosen[name][i] = True
+    return {name: m.reshape(scores[name].shape) for name, m in chosen.items()}
+
+
+def count(mask):
+    return sum(int(m.sum()) for m in mask.values())
+
+
+@pytest.mark.parametrize("integer", [False, True])
+@pytest.mark.parametrize("k", [1, 2, 50, 333, 1200, 1828, 1829])
+def test_global_top_k_equals_brute_force_including_ties(k, integer):
+    scores = random_scores(integer=integer)
+    mask = sb.make_mask(scores, k=k)
+    expected = brute_force_top_k(scores, k)
+    assert count(mask) == k
+    for name in scores:
+        assert mask[name].dtype == torch.bool and mask[name].shape == scores[name].shape
+        assert torch.equal(mask[name], expected[name]), name
+
+
+@pytest.mark.parametrize("density", [1e-4, 0.001, 0.01, 0.0375, 0.5, 0.999, 1.0])
+def test_density_selects_exactly_round_d_n(density):
+    scores = random_scores(seed=1, shapes=((300, 200), (1000,), (77, 13)))
+    total = sum(s.numel() for s in scores.values())
+    expected = round(density * total)
+    if expected == 0:
+        with pytest.raises(sb.SalienceBenchError, match="selects 0"):
+            sb.make_mask(scores, density=density)
+        return
+    assert count(sb.make_mask(scores, density=density)) == expected
+
+
+def test_layer_scope_keeps_each_tensor_fraction():
+    scores = random_scores(seed=2)
+    density = 0.1
+    mask = sb.make_mask(scores, density=density, scope="layer")
+    for name, s in scores.items():
+        assert int(mask[name].sum()) == round(density * s.numel())
+        assert torch.equal(mask[name], brute_force_top_k({name: s}, round(density * s.numel()))[name])
+
+
+def test_all_ties_take_earliest_positions():
+    scores = {"a": torch.zeros(10), "b": torch.ones(3), "c": torch.zeros(5)}
+    mask = sb.make_mask(scores, k=6)
+    assert mask["b"].all()
+    assert mask["a"].tolist() == [True] * 3 + [False] * 7
+    assert not mask["c"].any()
+
+
+def test_signed_zero_negative_and_extreme_values():
+    scores = {"a": torch.tensor([-0.0, 0.0, -1.0, -3e38, 3e38, 1e-45, -1e-45])}
+    # 3e38 > 1e-45 > +0 == -0 (equal, so the earlier position wins) > ...
+    assert sb.make_mask(scores, k=4)["a"].tolist() == [True, True, False, False, True, True, False]
+    assert sb.make_mask(scores, k=3)["a"].tolist() == [True, False, False, False, True, True, False]
+
+
+def test_masks_are_bitwise_deterministic():
+    scores = random_scores(seed=3, integer=True)
+    first = sb.make_mask(scores, density=0.2)
+    for _ in range(3):
+        again = sb.make_mask({n: s.clone() for n, s in scores.items()}, density=0.2)
+        assert all(torch.equal(first[n], again[n]) for n in scores)
+
+
+def test_global_mask_never_concatenates_scores(monkeypatch):
+    scores = random_scores(seed=4)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("make_mask must stream over tensors, not concatenate them")
+
+    monkeypatch.setattr(torch, "cat", forbidden)
+    monkeypatch.setattr(torch, "concat", forbidden)
+    monkeypatch.setattr(torch, "stack", forbidden)
+    assert count(sb.make_mask(scores, density=0.05)) == round(0.05 * 1829)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"density": 0.0}, "must be in"),
+        ({"density": -0.1}, "must be in"),
+        ({"density": 1.5}, "must be in"),
+        ({"density": math.nan}, "must be in"),
+        ({"k": 0}, "between 1 and"),
+        ({"k": 10**9}, "between 1 and"),
+        ({"k": 2.5}, "between 1 and"),
+        ({"density": 0.1, "k": 5}, "exactly one"),
+        ({}, "exactly one"),
+        ({"density": 0.1, "scope": "rows"}, "unknown scope"),
+        ({"k": 5, "scope": "layer"}, "global count"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(sb.SalienceBenchError, match=message):
+        sb.make_mask(random_scores(), **kwargs)
+
+
+def test_non_finite_scores_are_rejected():
+    with pytest.raises(sb.SalienceBenchError, match="'b' contain NaN or inf"):
+        sb.make_mask({"a": torch.ones(3), "b": torch.tensor([1.0, math.nan])}, density=0.5)
+    with pytest.raises(sb.SalienceBenchError, match="empty"):
+        sb.make_mask({}, density=0.5)
+
+
+def test_top_k_mask_directly_rejects_impossible_k():
+    with pytest.raises(sb.SalienceBenchError):
+        top_k_mask({"a": torch.ones(3)}, 4)

@@ -1,0 +1,35 @@
+import pytest
+
+import salience_bench as sb
+
+from .reference import block_linear_weights
+
+
+def test_default_selection_is_block_linear_weights(model):
+    names = list(sb.eligible_parameters(model))
+    assert names == block_linear_weights(model)
+    assert len(names) == 2 * 6
+    assert not any(("bias" in n) or ("LayerNorm" in n) or ("embeddings" in n) or ("classifier" in n) or ("pooler" in n) for n in names)
+
+
+def test_include_and_exclude_globs(model):
+    q = sb.eligible_parameters(model, include=["*attention.self.query.weight"])
+    assert list(q) == ["bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.1.attention.self.query.weight"]
+    no_ffn = sb.eligible_parameters(model, exclude=["*intermediate*", "*.output.dense.weight"])
+    assert len(no_ffn) == 2 * 4 - 2  # attention.output.dense matches the second pattern too
+    with pytest.raises(sb.SalienceBenchError, match="no eligible tensors"):
+        sb.eligible_parameters(model, include=["nothing*"])
+
+
+def test_bundled_model_loads_offline_with_a_new_head():
+    model, tok = sb.load_model_and_tokenizer("bundled", num_labels=4, seed=0)
+    assert model.config.num_labels == 4
+    params = sb.eligible_parameters(model)
+    assert len(params) == 36 and sum(p.numel() for p in params.values()) == 10_616_832
+    again, _ = sb.load_model_and_tokenizer("bundled", num_labels=4, seed=0)
+    assert (again.classifier.weight == model.classifier.weight).all()
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(sb.SalienceBenchError, match="cannot load model"):
+        sb.load_model_and_tokenizer(str(tmp_path / "missing"))

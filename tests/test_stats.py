@@ -1,0 +1,92 @@
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+import salience_bench as sb
+from salience_bench import stats
+
+
+def pairs(seed, n, ties):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g, dtype=torch.float64)
+    y = 0.6 * x + torch.randn(n, generator=g, dtype=torch.float64)
+    if ties:
+        x, y = (x * 2).round(), (y * 3).round()
+    return x.float(), y.float()
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("n", [3, 10, 257, 5000])
+def test_spearman_and_kendall_equal_scipy(n, ties):
+    x, y = pairs(n, n, ties)
+    assert sb.spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x.numpy(), y.numpy()).statistic, abs=1e-6)
+    assert sb.kendall(x, y) == pytest.approx(scipy.stats.kendalltau(x.numpy(), y.numpy()).statistic, abs=1e-6)
+
+
+def test_heavy_ties_and_reversed_order():
+    x = torch.tensor([1.0, 1, 1, 2, 2, 3, 3, 3, 3, 0])
+    y = torch.tensor([5.0, 4, 4, 4, 3, 3, 3, 1, 1, 1])
+    assert sb.kendall(x, y) == pytest.approx(scipy.stats.kendalltau(x, y).statistic, abs=1e-12)
+    assert sb.spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert sb.kendall(x, -x) == pytest.approx(-1.0)
+
+
+def test_dict_inputs_are_flattened_in_order():
+    a = {"u": torch.tensor([[1.0, 3.0], [2.0, 0.5]]), "v": torch.tensor([4.0, -1.0])}
+    b = {"u": torch.tensor([[2.0, 1.0], [2.0, 7.0]]), "v": torch.tensor([3.0, 0.0])}
+    xa = np.array([1.0, 3.0, 2.0, 0.5, 4.0, -1.0])
+    xb = np.array([2.0, 1.0, 2.0, 7.0, 3.0, 0.0])
+    assert sb.spearman(a, b) == pytest.approx(scipy.stats.spearmanr(xa, xb).statistic)
+    assert sb.kendall(a, b) == pytest.approx(scipy.stats.kendalltau(xa, xb).statistic)
+
+
+def test_average_ranks_equal_scipy_rankdata():
+    x, _ = pairs(0, 1000, ties=True)
+    np.testing.assert_array_equal(stats.average_ranks(x).numpy(), scipy.stats.rankdata(x.numpy()))
+
+
+def test_kendall_subsample_reports_size_and_is_seeded():
+    x, y = pairs(1, 20_000, ties=False)
+    tau, n = stats.kendall_with_n(x, y, max_n=2000, seed=5)
+    again, _ = stats.kendall_with_n(x, y, max_n=2000, seed=5)
+    full = scipy.stats.kendalltau(x.numpy(), y.numpy()).statistic
+    assert n == 2000 and tau == again
+    assert abs(tau - full) < 0.05  # ~5 standard errors of τ at n = 2000
+    assert stats.kendall_with_n(x[:100], y[:100], max_n=2000)[1] == 100
+
+
+def test_constant_input_gives_nan_like_scipy():
+    assert math.isnan(sb.spearman(torch.ones(5), torch.arange(5.0)))
+    assert math.isnan(sb.kendall(torch.ones(5), torch.arange(5.0)))
+
+
+def test_jaccard_and_overlap_against_python_sets():
+    g = torch.Generator().manual_seed(0)
+    a = {"p": torch.rand(30, 7, generator=g) < 0.3, "q": torch.rand(11, generator=g) < 0.5}
+    b = {"p": torch.rand(30, 7, generator=g) < 0.2, "q": torch.rand(11, generator=g) < 0.5}
+
+    def as_set(mask):
+        return {(n, i) for n, m in mask.items() for i, v in enumerate(m.reshape(-1).tolist()) if v}
+
+    sa, sb_ = as_set(a), as_set(b)
+    assert sb.jaccard(a, b) == len(sa & sb_) / len(sa | sb_)
+    assert sb.overlap_coefficient(a, b) == len(sa & sb_) / min(len(sa), len(sb_))
+    assert sb.jaccard(a["p"], a["p"]) == 1.0
+    assert math.isnan(sb.jaccard(torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool)))
+
+
+def test_chance_jaccard_matches_simulation():
+    d, n = 0.1, 200_000
+    g = torch.Generator().manual_seed(0)
+    sims = [sb.jaccard(torch.rand(n, generator=g) < d, torch.rand(n, generator=g) < d) for _ in range(5)]
+    assert np.mean(sims) == pytest.approx(sb.chance_jaccard(d), rel=0.02)
+
+
+def test_mismatched_inputs_raise():
+    with pytest.raises(sb.SalienceBenchError, match="shape mismatch"):
+        sb.spearman(torch.ones(3), torch.ones(4))
+    with pytest.raises(sb.SalienceBenchError, match="different tensors"):
+        sb.jaccard({"a": torch.ones(2, dtype=torch.bool)}, {"b": torch.ones(2, dtype=torch.bool)})
