@@ -35,6 +35,17 @@ BUNDLED = {
     "ag_news": ({"train": "ag_news_train_sample.tsv.gz", "test": "ag_news_test.tsv.gz"}, "text", "ag_news"),
 }
 DATASET_CHOICES = (*BUNDLED, "hf:<name>[/<config>]")
+EVAL_SPLIT = {"sst2": "validation", "ag_news": "test"}  # what papers report (GLUE's test labels are private)
+
+
+def load_eval_dataset(name: str) -> TextDataset:
+    """The split downstream accuracy is reported on: SST-2 validation, AG News test; hub data: validation, else test."""
+    if name in EVAL_SPLIT:
+        return load_dataset(name, EVAL_SPLIT[name])
+    try:
+        return load_dataset(name, "validation")
+    except SalienceBenchError:
+        return load_dataset(name, "test")
 
 
 def _read_bundled(name: str, split: str) -> TextDataset:
@@ -91,11 +102,13 @@ def make_batches(
     max_length: int = 64,
     seed: int = 0,
     shuffle: bool = True,
+    sort_by_length: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
     """Tokenised batches (padded to the longest sequence in the batch) with ``labels``.
 
     With ``shuffle`` the examples are a seeded random sample of the split, so the same
-    seed always scores on the same sentences.
+    seed always scores on the same sentences. ``sort_by_length`` orders the chosen examples
+    by length first (less padding; for evaluation, where order does not matter).
     """
     if batch_size < 1:
         raise SalienceBenchError(f"batch size must be ≥ 1, got {batch_size}")
@@ -108,6 +121,8 @@ def make_batches(
     )
     if num_batches is not None:
         order = order[: num_batches * batch_size]
+    if sort_by_length:
+        order = sorted(order, key=lambda i: len(data.texts[i].split()))
     batches = []
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]

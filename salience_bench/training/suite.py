@@ -1,0 +1,118 @@
+"""A set of downstream runs (metrics × baselines × seeds) written incrementally, so a rerun resumes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..data import TextDataset
+from ..errors import SalienceBenchError
+from ..report import io as report_io
+from .loop import CURVE_COLUMNS, DOWNSTREAM_COLUMNS, DRIFT_COLUMNS, TrainConfig, run_one
+
+DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV = "downstream.csv", "drift.csv", "eval_curve.csv"
+_KEY = ["method", "metric", "mask_schedule", "seed"]
+_MUST_MATCH = ["steps", "scope"]
+
+
+def planned_runs(metrics: Sequence[str], baselines: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, str, int]]:
+    return [(m, metric, seed) for seed in seeds
+            for m, metric in [*(("sparse", x) for x in metrics), *((b, "") for b in baselines)]]
+
+
+def _read(path: Path, columns: list[str]) -> pd.DataFrame:
+    if path.exists():
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        frame["metric"] = frame["metric"].fillna("")
+        if "mask_schedule" in frame:
+            frame["mask_schedule"] = frame["mask_schedule"].fillna("")
+        return frame
+    return pd.DataFrame(columns=columns)
+
+
+def run_suite(
+    out_dir: Path,
+    *,
+    metrics: Sequence[str],
+    baselines: Sequence[str],
+    seeds: Sequence[int],
+    config: TrainConfig,
+    load_model: Callable[[int], tuple[nn.Module, object]],
+    train_data: TextDataset,
+    eval_data: TextDataset,
+    device: torch.device,
+    progress: bool = True,
+    log: Callable[..., None] = lambda *a: None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Run every planned (method, metric, seed) not already in ``out_dir/downstream.csv``.
+
+    Each finished run is appended to the CSVs at once (atomic rewrite), so an interrupted
+    suite resumes where it stopped when run again on the same folder.
+    """
+    config.validate()
+    rows = _read(out_dir / DOWNSTREAM_CSV, DOWNSTREAM_COLUMNS)
+    drift = _read(out_dir / DRIFT_CSV, DRIFT_COLUMNS)
+    curve = _read(out_dir / CURVE_CSV, CURVE_COLUMNS)
+    for col, want in (("steps", config.steps), ("scope", config.scope)):
+        sparse_rows = rows[rows["method"] == "sparse"] if col == "scope" else rows
+        if len(sparse_rows) and not (sparse_rows[col].astype(str) == str(want)).all():
+            raise SalienceBenchError(
+                f"{out_dir / DOWNSTREAM_CSV} holds runs with a different {col} ({sorted(set(sparse_rows[col].astype(str)))}"
+                f" vs {want}); use another --out"
+            )
+    done = {tuple(str(v) for v in r) for r in rows[_KEY].itertuples(index=False)}
+    plan = planned_runs(metrics, baselines, seeds)
+    todo = [(m, metric, seed) for m, metric, seed in plan
+            if (m, metric, config.schedule if m == "sparse" else "", str(seed)) not in done]
+    if len(todo) < len(plan):
+        log(f"resuming: {len(plan) - len(todo)} of {len(plan)} downstream runs already in {out_dir / DOWNSTREAM_CSV}")
+    for n, (method, metric, seed) in enumerate(todo, 1):
+        log(f"[{n}/{len(todo)}] training {method}{'/' + metric if metric else ''}, seed {seed}, {config.steps} steps …")
+        result = run_one(method, metric or None, seed, config, load_model=load_model, train_data=train_data,
+                         eval_data=eval_data, device=device, progress=progress)
+        rows = pd.concat([rows, pd.DataFrame([result.row], columns=DOWNSTREAM_COLUMNS)], ignore_index=True)
+        if result.drift:
+            drift = pd.concat([drift, pd.DataFrame(result.drift, columns=DRIFT_COLUMNS)], ignore_index=True)
+        curve = pd.concat([curve, pd.DataFrame(result.curve, columns=CURVE_COLUMNS)], ignore_index=True)
+        report_io.write_csv(drift, out_dir / DRIFT_CSV)
+        report_io.write_csv(curve, out_dir / CURVE_CSV)
+        report_io.write_csv(rows, out_dir / DOWNSTREAM_CSV)  # last: a run counts as done once it is here
+        r = result.row
+        log(f"    accuracy {r['eval_accuracy']:.4f}, {r['seconds_per_step']:.3f} s/step, "
+            f"trainable {r['trainable_params']:,} (+{r['head_params']:,} head)")
+    return rows, drift, curve
+
+
+def summary_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean accuracy per run label with a 95% t-interval over seeds (half-width; NaN for one seed)."""
+    from scipy import stats as scipy_stats
+
+    labelled = rows.assign(run=run_labels(rows))
+    out = []
+    for label, group in labelled.groupby("run", sort=False):
+        acc = group["eval_accuracy"].astype(float)
+        n = len(acc)
+        half = (scipy_stats.t.ppf(0.975, n - 1) * acc.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        out.append(dict(run=label, seeds=n, accuracy_mean=acc.mean(), accuracy_ci95=half,
+                        trainable_params=int(group["trainable_params"].iloc[0]),
+                        peak_memory_bytes=group["peak_memory_bytes"].astype(float).mean(),
+                        seconds_per_step=group["seconds_per_step"].astype(float).mean(),
+                        train_flops=group["train_flops"].astype(float).mean()))
+    return pd.DataFrame(out)
+
+
+def run_labels(rows: pd.DataFrame) -> list[str]:
+    labels = []
+    for r in rows.itertuples(index=False):
+        if r.method == "sparse":
+            labels.append(f"sparse {r.metric}" + ("" if r.mask_schedule == "static" else f" ({r.mask_schedule})"))
+        elif r.method in ("lora", "pissa"):
+            labels.append(f"{r.method} r={int(float(r.lora_rank))}")
+        else:
+            labels.append(str(r.method))
+    return labels

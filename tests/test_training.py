@@ -1,0 +1,200 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import salience_bench as sb
+from salience_bench import compare
+from salience_bench.scorers import registry
+from salience_bench.training import SparseDeltaEngine, matched_lora_rank, optimizer_state_bytes, wrap_lora
+from salience_bench.training.baselines import dense_masked_step_reference, freeze_all_but, head_parameters
+from salience_bench.training.loop import DOWNSTREAM_COLUMNS, DRIFT_COLUMNS
+
+from .conftest import run_cli, tiny_args, tiny_batches, tiny_bert
+
+
+def grad_masks(model, batches, density=0.1):
+    """Per-layer scope, so every tensor has selected entries to check."""
+    return sb.make_mask(sb.score(model, batches, ["grad"])["grad"], density=density, scope="layer")
+
+
+def sparse_setup(model, masks, lr=1e-2):
+    head = head_parameters(model)
+    freeze_all_but(model, head)
+    engine = SparseDeltaEngine(model, masks)
+    optimizer = torch.optim.AdamW(engine.parameters() + list(head.values()), lr=lr, weight_decay=0.0)
+    return engine, optimizer
+
+
+def test_sparse_engine_equals_dense_masked_reference():
+    batches = tiny_batches(num_batches=5)
+    sparse_model, dense_model = tiny_bert(), tiny_bert()
+    masks = grad_masks(sparse_model, batches[:2])
+    engine, opt_sparse = sparse_setup(sparse_model, masks)
+    trainable = {**head_parameters(dense_model), **{n: p for n, p in dense_model.named_parameters() if n in masks}}
+    freeze_all_but(dense_model, trainable)
+    opt_dense = torch.optim.AdamW(list(trainable.values()), lr=1e-2, weight_decay=0.0)
+    sparse_model.eval(), dense_model.eval()  # no dropout: both see the same function
+    for batch in batches:
+        loss_sparse = sparse_model(**batch).loss
+        loss_sparse.backward()
+        opt_sparse.step(), opt_sparse.zero_grad()
+        engine.sync_weights()
+        loss_dense = dense_model(**batch).loss
+        loss_dense.backward()
+        dense_masked_step_reference(dense_model, masks)
+        opt_dense.step(), opt_dense.zero_grad()
+        torch.testing.assert_close(loss_sparse, loss_dense, rtol=1e-5, atol=1e-6)
+    dense_params = dict(dense_model.named_parameters())
+    for name, p in sparse_model.named_parameters():
+        torch.testing.assert_close(p, dense_params[name], rtol=1e-5, atol=1e-6, msg=name)
+    # Training changed the selected entries.
+    pretrained = dict(tiny_bert().named_parameters())
+    name = next(iter(masks))
+    assert not torch.equal(dict(sparse_model.named_parameters())[name][masks[name]], pretrained[name][masks[name]])
+
+
+def test_untouched_entries_stay_bit_identical():
+    batches = tiny_batches(num_batches=4)
+    model = tiny_bert()
+    pretrained = {n: p.detach().clone() for n, p in model.named_parameters()}
+    masks = grad_masks(model, batches[:2], density=0.05)
+    engine, optimizer = sparse_setup(model, masks, lr=0.1)
+    model.train()
+    for batch in batches:
+        model(**batch).loss.backward()
+        optimizer.step(), optimizer.zero_grad()
+        engine.sync_weights()
+    for name, p in model.named_parameters():
+        if name in masks:
+            assert torch.equal(p[~masks[name]], pretrained[name][~masks[name]]), name
+            assert (p[masks[name]] != pretrained[name][masks[name]]).any(), name
+        elif not name.startswith("classifier"):
+            assert torch.equal(p, pretrained[name]), name
+
+
+def test_optimizer_state_is_proportional_to_k_not_to_the_model():
+    sizes = []
+    for hidden in (32, 64):  # a model with 4x the weights, same k
+        torch.manual_seed(0)
+        model = sb.models.load_model_and_tokenizer  # keep linters quiet about unused import paths
+        from transformers import BertConfig, BertForSequenceClassification
+
+        model = BertForSequenceClassification(BertConfig(vocab_size=60, hidden_size=hidden, num_hidden_layers=2,
+                                                         num_attention_heads=2, intermediate_size=2 * hidden))
+        params = sb.eligible_parameters(model)
+        masks = sb.make_mask(sb.score(model, None, ["random"], params=params)["random"], k=500)
+        freeze_all_but(model, {})
+        engine = SparseDeltaEngine(model, masks)
+        optimizer = torch.optim.AdamW(engine.parameters(), lr=1e-3)
+        model(**tiny_batches(num_batches=1)[0]).loss.backward()
+        optimizer.step()
+        moments = sum(s["exp_avg"].numel() + s["exp_avg_sq"].numel() for s in optimizer.state.values())
+        assert moments == 2 * 500
+        assert all(p.grad is None or p.grad.numel() <= 500 for p in model.parameters())
+        sizes.append(optimizer_state_bytes(optimizer))
+    assert sizes[0] == sizes[1]
+
+
+def test_dynamic_update_keeps_learned_changes_and_moments():
+    batches = tiny_batches(num_batches=3)
+    model = tiny_bert()
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    weight = dict(model.named_parameters())[name]
+    old = torch.zeros_like(weight, dtype=torch.bool)
+    old.view(-1)[[0, 1, 2, 3]] = True
+    engine, optimizer = sparse_setup(model, {name: old}, lr=0.05)
+    model.eval()
+    for batch in batches:
+        model(**batch).loss.backward()
+        optimizer.step(), optimizer.zero_grad()
+        engine.sync_weights()
+    before = weight.detach().clone()
+    delta_before = engine.slots[name].delta.detach().clone()
+    moment_before = optimizer.state[engine.slots[name].delta]["exp_avg"].clone()
+    new = torch.zeros_like(old)
+    new.view(-1)[[2, 3, 10, 11, 12]] = True  # 0,1 leave; 2,3 stay; 10,11,12 join
+    engine.update_masks({name: new}, optimizer)
+    slot = engine.slots[name]
+    assert torch.equal(weight, before)  # nothing learned is lost, nothing else moves
+    assert slot.index.tolist() == [2, 3, 10, 11, 12]
+    assert torch.equal(slot.delta[:2], delta_before[2:]) and (slot.delta[2:] == 0).all()
+    state = optimizer.state[slot.delta]
+    assert torch.equal(state["exp_avg"][:2], moment_before[2:]) and (state["exp_avg"][2:] == 0).all()
+    torch.testing.assert_close(slot.base[:2].float() + slot.delta[:2], weight.view(-1)[[2, 3]].float())
+    assert torch.equal(engine.masks()[name], new)
+    model(**batches[0]).loss.backward()  # training continues on the new entries
+    optimizer.step()
+    engine.sync_weights()
+    assert (weight.view(-1)[[10, 11, 12]] != before.view(-1)[[10, 11, 12]]).any()
+    assert torch.equal(weight.view(-1)[[0, 1]], before.view(-1)[[0, 1]])
+
+
+def test_lora_rank_matches_the_sparse_count():
+    model = tiny_bert()
+    params = sb.eligible_parameters(model)
+    per_rank = sum(p.shape[0] + p.shape[1] for p in params.values())
+    for k in (1, per_rank, int(2.4 * per_rank), int(2.6 * per_rank)):
+        rank = matched_lora_rank(k, params)
+        assert all(abs(rank * per_rank - k) <= abs(r * per_rank - k) for r in range(1, 6))
+    wrapped = wrap_lora(tiny_bert(), sb.eligible_parameters(tiny_bert()), rank=3)
+    lora = sum(p.numel() for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" in n)
+    assert lora == 3 * per_rank
+    head = sum(p.numel() for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" not in n)
+    assert head == sum(p.numel() for p in head_parameters(tiny_bert()).values())
+
+
+def test_train_cli_writes_downstream_and_drift_and_resumes(tiny_model_dir, tmp_path):
+    out = tmp_path / "train"
+    args = tiny_args(tiny_model_dir, out, "--metrics", "grad,snip", "--train", "--steps", "4",
+                     "--mask-update-every", "2", "--seeds", "0,1", "--baselines", "full,lora,pissa")
+    assert compare.main(args) == 0
+    rows = pd.read_csv(out / "downstream.csv")
+    assert list(rows.columns) == DOWNSTREAM_COLUMNS
+    assert len(rows) == 2 * (2 + 3)
+    assert sorted(set(rows.method)) == ["full", "lora", "pissa", "sparse"]
+    sparse = rows[rows.method == "sparse"]
+    assert (sparse.mask_schedule == "dynamic/2").all()
+    assert (rows.trainable_params > 0).all() and (rows.train_flops > 0).all() and (rows.optimizer_state_bytes > 0).all()
+    assert ((rows.eval_accuracy >= 0) & (rows.eval_accuracy <= 1)).all()
+    lora = rows[rows.method == "lora"].iloc[0]
+    assert abs(lora.trainable_params - sparse.trainable_params.iloc[0]) <= lora.trainable_params / lora.lora_rank
+    drift = pd.read_csv(out / "drift.csv")
+    assert list(drift.columns) == DRIFT_COLUMNS
+    assert sorted(set(drift.step)) == [0, 2]  # initial mask, one update (none after the last step)
+    assert (drift[drift.step == 0].jaccard_initial == 1).all()
+    for name in ("accuracy.png", "accuracy_vs_memory.png", "drift.png"):
+        assert (out / "figures" / name).is_file()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "downstream.csv" in manifest["files"]
+    # An interrupted run (no manifest yet) resumes: finished runs are not repeated.
+    (out / "manifest.json").unlink()
+    before = (out / "downstream.csv").read_bytes()
+    result = run_cli(*args[:-1], "full,lora,pissa")
+    assert result.returncode == 0, result.stderr
+    assert "resuming: 10 of 10" in result.stderr.replace("\n", " ") or (out / "downstream.csv").read_bytes() == before
+    assert (out / "downstream.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--mask-update-every", "0"], "0 must be ≥ 1"),
+        (["--steps", "0"], "0 must be ≥ 1"),
+        (["--baselines", "qlora"], "unknown baseline 'qlora'"),
+        (["--lr", "-1"], "must be > 0"),
+        (["--seeds", "a,b"], "not a comma-separated list"),
+    ],
+)
+def test_bad_training_input_exits_2(tiny_model_dir, tmp_path, extra, message):
+    result = run_cli(*tiny_args(tiny_model_dir, tmp_path / "o", "--metrics", "grad", "--train", *extra))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_network_level_metric_cannot_drive_training(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(registry, "_REGISTRY", registry._Registry(dict(registry._REGISTRY.scorers), dict(registry._REGISTRY.aliases)))
+    sb.register("network_only", maskable=False)(lambda t: t.weight)
+    code = compare.main(tiny_args(tiny_model_dir, tmp_path / "o", "--metrics", "grad,network_only", "--train"))
+    assert code == 2
+    assert "cannot drive --train" in capsys.readouterr().err
