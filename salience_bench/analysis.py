@@ -83,3 +83,18 @@ def pair_matrix(frame: pd.DataFrame, value: str, metrics: list[str], diagonal: f
         a, b, v = getattr(row, "metric_a"), getattr(row, "metric_b"), getattr(row, value)
         matrix.loc[a, b] = matrix.loc[b, a] = v
     return matrix
+
+
+def cluster_order(matrix: pd.DataFrame) -> list[str]:
+    """Metric order from average-linkage hierarchical clustering on 1 − similarity (scipy),
+    so that similar metrics sit next to each other in a heatmap."""
+    if len(matrix) < 3:
+        return list(matrix.index)
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    similarity = matrix.fillna(0.0).to_numpy()
+    distance = 1.0 - (similarity + similarity.T) / 2
+    distance[range(len(distance)), range(len(distance))] = 0.0
+    order = leaves_list(linkage(squareform(distance.clip(min=0.0), checks=False), method="average"))
+    return [matrix.index[i] for i in order]

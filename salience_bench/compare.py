@@ -41,6 +41,48 @@ def _density(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    return value
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return list(dict.fromkeys(seeds))
+
+
+def _baselines(text: str) -> list[str]:
+    from .training.loop import BASELINES
+
+    names = [b.strip().lower() for b in text.split(",") if b.strip()]
+    if names == ["none"]:
+        return []
+    bad = [b for b in names if b not in BASELINES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown baseline {bad[0]!r}; valid: {', '.join(BASELINES)} or none")
+    return list(dict.fromkeys(names))
+
+
+def _nm(text: str) -> tuple[int, int]:
+    try:
+        n, m = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not of the form N:M (e.g. 2:4)") from None
+    if not 0 < n <= m:
+        raise argparse.ArgumentTypeError(f"N:M must satisfy 0 < N ≤ M, got {text}")
+    return n, m
+
+
 def _patterns(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
@@ -84,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     mask.add_argument("--scope", choices=("global", "layer"), default="global",
                       help="global: one top-k over all tensors (SPEFT); layer: each tensor keeps its own fraction "
                            "(default: %(default)s)")
+    mask.add_argument("--structure", choices=("unstructured", "row", "block", "nm"), default="unstructured",
+                      help="unstructured; row: the same fraction of every output row (Wanda); block: "
+                           "--block-size² tiles ranked by summed score (SMT); nm: N of every M consecutive inputs "
+                           "(--nm, density fixed at N/M) (default: %(default)s)")
+    mask.add_argument("--block-size", type=_positive_int, default=64,
+                      help="tile side for --structure block and the smt_block metric (default: %(default)s)")
+    mask.add_argument("--nm", type=_nm, default=(2, 4), metavar="N:M", help="N:M pattern for --structure nm (default: 2:4)")
+    mask.add_argument("--lift-rank", type=_positive_int, default=32,
+                      help="rank of the SVD approximation for the lift metric (default: %(default)s, LIFT's "
+                           "setting for its smallest model)")
 
     data = parser.add_argument_group("scoring data")
     data.add_argument("--batches", type=_positive_int, default=8, help="number of scoring batches (default: %(default)s)")
@@ -92,6 +144,33 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0,
                       help="seeds the head initialisation, the sample of scoring sentences, 'random' and the "
                            "Kendall subsample (default: %(default)s)")
+
+    train = parser.add_argument_group(
+        "downstream training (--train)",
+        "Fine-tune with each metric's mask (sparse FT: only the selected weights, plus the task head) and with "
+        "the baselines, then report accuracy, peak memory, FLOPs and time per run in downstream.csv.")
+    train.add_argument("--train", action="store_true", help="add the downstream runs")
+    train.add_argument("--baselines", type=_baselines, default=["full", "lora", "pissa"], metavar="LIST",
+                       help="comma-separated from full, lora, pissa, or 'none' (default: full,lora,pissa); LoRA and "
+                            "PiSSA get the rank whose trainable count is closest to the sparse k")
+    train.add_argument("--steps", type=_positive_int, default=300, help="training steps per run (default: %(default)s)")
+    train.add_argument("--lr", type=_positive_float, default=5e-4,
+                       help="learning rate of sparse FT, LoRA and PiSSA (default: %(default)s)")
+    train.add_argument("--full-lr", type=_positive_float, default=5e-5,
+                       help="learning rate of full fine-tuning (default: %(default)s)")
+    train.add_argument("--train-batch-size", type=_positive_int, default=32, help="default: %(default)s")
+    train.add_argument("--no-group-by-length", action="store_true",
+                       help="plain random batches; by default each batch holds examples of similar length "
+                            "(shuffled batches, far less padding, as Hugging Face Trainer's group_by_length)")
+    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
+    train.add_argument("--eval-every", type=_positive_int, default=None, metavar="N",
+                       help="also evaluate every N steps (eval_curve.csv); default: only at the end")
+    train.add_argument("--seeds", type=_seeds, default=None, metavar="LIST",
+                       help="comma-separated seeds, one run per seed and method (default: --seed); several seeds "
+                            "give error bars")
+    train.add_argument("--mask-update-every", type=_positive_int, default=None, metavar="U",
+                       help="dynamic masks: re-score on the most recent batches and re-select every U steps "
+                            "(drift.csv and a drift figure); default: static mask")
 
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
@@ -152,6 +231,16 @@ def run(args: argparse.Namespace) -> Path:
     density = args.density if args.density is not None or args.k is not None else 0.01
     if args.k is not None and args.scope != "global":
         raise SalienceBenchError(f"--k is a global count; use --density with --scope {args.scope}")
+    if args.structure == "nm":
+        if args.density is not None or args.k is not None:
+            raise SalienceBenchError(f"--structure nm fixes the density at {args.nm[0]}/{args.nm[1]}; drop --density/--k")
+        density = args.nm[0] / args.nm[1]
+    if args.structure == "row" and args.k is not None:
+        raise SalienceBenchError("--structure row selects a fraction of every row; use --density, not --k")
+    if args.train:
+        unmaskable = [m for m in metrics if not get_scorer(m).maskable]
+        if unmaskable:
+            raise SalienceBenchError(f"metrics {unmaskable} give one number per network and cannot drive --train")
     from .report import io as report_io
 
     out_dir = report_io.prepare_output_dir(
@@ -167,7 +256,7 @@ def run(args: argparse.Namespace) -> Path:
     from .data import load_dataset, make_batches
     from .masks import make_mask
     from .models import eligible_parameters, load_model_and_tokenizer
-    from .scoring import score
+    from .scoring import maskable, network_scores, score
     from .stats import chance_jaccard
 
     _quiet_transformers()
@@ -181,7 +270,7 @@ def run(args: argparse.Namespace) -> Path:
     eligible = sum(p.numel() for p in params.values())
     if args.k is not None and args.k > eligible:
         raise SalienceBenchError(f"--k {args.k} is larger than the {eligible} eligible weights")
-    needs_data = any(get_scorer(m).needs for m in metrics)
+    needs_data = any(get_scorer(m).uses_data for m in metrics)
     batches = (
         make_batches(data, tokenizer, batch_size=args.batch_size, num_batches=args.batches,
                      max_length=args.max_length, seed=args.seed)
@@ -191,24 +280,35 @@ def run(args: argparse.Namespace) -> Path:
         + (f"{len(batches)} scoring batches of {args.batch_size}" if batches else "no data needed"))
 
     t_score = time.perf_counter()
-    scores = score(model, batches, metrics, params=params, seed=args.seed, progress=not args.quiet)
+    all_scores = score(model, batches, metrics, params=params, seed=args.seed, progress=not args.quiet,
+                       options={"lift_rank": args.lift_rank, "block_size": args.block_size})
     score_seconds = time.perf_counter() - t_score
-    scores = {m: {n: s.cpu() for n, s in per.items()} for m, per in scores.items()}
-    masks = {m: make_mask(s, density=None if args.k else density, k=args.k, scope=args.scope) for m, s in scores.items()}
-    realised = sum(int(x.sum()) for x in next(iter(masks.values())).values()) / eligible
+    networks = network_scores(all_scores)
+    scores = {m: {n: s.cpu() for n, s in per.items()} for m, per in maskable(all_scores).items()}
+    metrics = list(scores)  # from here on: the metrics that give masks
+    masks = {m: make_mask(s, **mask_options(args, density)) for m, s in scores.items()}
+    realised = (sum(int(x.sum()) for x in next(iter(masks.values())).values()) / eligible) if masks else density
 
     overlap = analysis.overlap_frame(masks) if len(metrics) > 1 else pd.DataFrame(columns=analysis.OVERLAP_COLUMNS)
     ranks = (analysis.rank_correlation_frame(scores, kendall_max_n=args.kendall_sample, seed=args.seed,
                                              progress=not args.quiet)
              if len(metrics) > 1 else pd.DataFrame(columns=analysis.RANK_COLUMNS))
-    allocation = analysis.allocation_frame(masks)
+    allocation = analysis.allocation_frame(masks) if masks else pd.DataFrame(columns=analysis.ALLOCATION_COLUMNS)
+    if networks:
+        from .scorers import get_scorer as _get
+
+        report_io.write_csv(pd.DataFrame([(m, v, _get(m).description) for m, v in networks.items()],
+                                         columns=["metric", "score", "definition"]), out_dir / "network_scores.csv")
 
     report_io.write_csv(overlap, out_dir / "overlap.csv")
     report_io.write_csv(ranks, out_dir / "rank_correlation.csv")
     report_io.write_csv(allocation, out_dir / "allocation.csv")
     figure_paths: list[str] = []
-    if not args.no_figures:
+    if not args.no_figures and masks:
         figure_paths = _draw_figures(out_dir / "figures", metrics, overlap, ranks, allocation, realised, args)
+    training_files: list[str] = []
+    if args.train:
+        training_files = _train(args, metrics, density, data, device, out_dir, log)
     finished = datetime.now(timezone.utc)
     manifest = {
         "command": "python -m salience_bench.compare " + " ".join(sys.argv[1:]),
@@ -227,11 +327,77 @@ def run(args: argparse.Namespace) -> Path:
         "finished": finished.isoformat(),
         "versions": report_io.package_versions(),
         "git_commit": report_io.git_commit(),
-        "files": ["overlap.csv", "rank_correlation.csv", "allocation.csv", *figure_paths],
+        "network_scores": networks,
+        "files": ["overlap.csv", "rank_correlation.csv", "allocation.csv", *(["network_scores.csv"] if networks else []),
+                  *figure_paths, *training_files],
     }
     report_io.write_json(manifest, out_dir / report_io.MANIFEST)  # last: its presence marks a finished run
-    _print_summary(metrics, overlap, ranks, realised, eligible, out_dir, time.perf_counter() - t0)
+    _print_summary(metrics, overlap, ranks, realised, eligible, out_dir, time.perf_counter() - t0, networks)
     return out_dir
+
+
+def mask_options(args, density: float) -> dict:
+    """make_mask keyword arguments from the CLI options."""
+    if args.structure == "nm":
+        return dict(structure="nm", nm=args.nm, scope=args.scope)
+    return dict(density=None if args.k else density, k=args.k, scope=args.scope, structure=args.structure,
+                block_size=args.block_size)
+
+
+def _train(args, metrics, density, data, device, out_dir: Path, log) -> list[str]:
+    """The downstream runs: sparse FT per metric plus baselines, per seed; returns the files written."""
+    import torch
+
+    from .data import load_eval_dataset
+    from .models import load_model_and_tokenizer
+    from .training.loop import TrainConfig
+    from .training.suite import CURVE_CSV, DOWNSTREAM_CSV, DRIFT_CSV, run_suite, summary_frame
+
+    config = TrainConfig(
+        steps=args.steps, lr=args.lr, full_lr=args.full_lr, batch_size=args.train_batch_size,
+        max_length=args.max_length, weight_decay=args.weight_decay, eval_every=args.eval_every or 0,
+        mask_options=mask_options(args, density), score_batches=args.batches,
+        score_options={"lift_rank": args.lift_rank, "block_size": args.block_size},
+        score_batch_size=args.batch_size, mask_update_every=args.mask_update_every,
+        include=args.include, exclude=args.exclude, group_by_length=not args.no_group_by_length,
+    )
+    eval_data = load_eval_dataset(args.dataset)
+    dtype = getattr(torch, args.dtype)
+
+    def load(seed: int):
+        return load_model_and_tokenizer(args.model, num_labels=data.num_labels, seed=seed, dtype=dtype)
+
+    rows, drift, _ = run_suite(
+        out_dir, metrics=metrics, baselines=args.baselines, seeds=args.seeds or [args.seed], config=config,
+        load_model=load, train_data=data, eval_data=eval_data, device=device, progress=not args.quiet, log=log,
+    )
+    files = [DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV]
+    summary = summary_frame(rows)
+    if not args.no_figures:
+        from .report import figures
+
+        fig_dir = out_dir / "figures"
+        task = f"{args.dataset} ({eval_data.split}), {args.steps} steps"
+        written = figures.save(figures.accuracy_plot(summary, title=f"Downstream accuracy, {task}"),
+                               fig_dir, "accuracy")
+        memory_label = ("peak GPU memory (MiB, max_memory_allocated)" if device.type == "cuda"
+                        else "peak RSS increase during training (MiB)")
+        written += figures.save(figures.accuracy_vs_memory_plot(summary, title=f"Accuracy vs memory, {task}",
+                                                                memory_label=memory_label), fig_dir, "accuracy_vs_memory")
+        if args.mask_update_every and len(drift):
+            written += figures.save(figures.drift_plot(drift, title=f"Mask drift, update every {args.mask_update_every} steps"),
+                                    fig_dir, "drift")
+        files += [str(p.relative_to(out_dir)) for p in written]
+    print("\nDownstream (" + f"{args.dataset}, {eval_data.split} split):")
+    shown = summary.assign(
+        accuracy=summary["accuracy_mean"].map("{:.4f}".format)
+        + summary["accuracy_ci95"].map(lambda h: "" if h != h else f" ± {h:.4f}"),
+        peak_MiB=(summary["peak_memory_bytes"] / 2**20).round(0),
+        s_per_step=summary["seconds_per_step"].round(3),
+        TFLOPs=(summary["train_flops"] / 1e12).round(1),
+    )[["run", "seeds", "trainable_params", "accuracy", "peak_MiB", "s_per_step", "TFLOPs"]]
+    print(shown.to_string(index=False))
+    return files
 
 
 def _quiet_transformers() -> None:
@@ -245,21 +411,29 @@ def _quiet_transformers() -> None:
 
 
 def _draw_figures(fig_dir: Path, metrics, overlap, ranks, allocation, density: float, args) -> list[str]:
-    from .analysis import pair_matrix
+    from .analysis import cluster_order, pair_matrix
     from .report import figures
     from .stats import chance_jaccard
 
     written: list[Path] = []
-    what = f"top-{density:.2%} masks ({args.scope})"
+    what = (f"{args.nm[0]}:{args.nm[1]} masks" if args.structure == "nm" else
+            f"top-{density:.2%} masks ({args.scope}{'' if args.structure == 'unstructured' else ', ' + args.structure})")
     if len(metrics) > 1:
         chance = chance_jaccard(density)
+        jac = pair_matrix(overlap, "jaccard", metrics)
+        rho = pair_matrix(ranks, "spearman", metrics)
+        clustered = len(metrics) >= 4
+        if clustered:  # many metrics: similar ones side by side
+            jac_order, rho_order = cluster_order(jac), cluster_order(rho)
+            jac, rho = jac.loc[jac_order, jac_order], rho.loc[rho_order, rho_order]
+        note = "\norder: hierarchical clustering (average linkage, 1 − value)" if clustered else ""
         fig = figures.pair_heatmap(
-            pair_matrix(overlap, "jaccard", metrics), title=f"Mask overlap, {what}\nchance Jaccard = {chance:.4f}",
+            jac, title=f"Mask overlap, {what}\nchance Jaccard = {chance:.4f}{note}",
             colorbar_label="Jaccard", vmin=0, vmax=1, cmap="viridis",
         )
         written += figures.save(fig, fig_dir, "jaccard_heatmap")
         fig = figures.pair_heatmap(
-            pair_matrix(ranks, "spearman", metrics), title="Rank correlation of scores (all weights)",
+            rho, title=f"Rank correlation of scores (all weights){note}",
             colorbar_label="Spearman ρ", vmin=-1, vmax=1, cmap="vlag",
         )
         written += figures.save(fig, fig_dir, "spearman_heatmap")
@@ -269,7 +443,7 @@ def _draw_figures(fig_dir: Path, metrics, overlap, ranks, allocation, density: f
     return [str(p.relative_to(fig_dir.parent)) for p in written]
 
 
-def _print_summary(metrics, overlap, ranks, density, eligible, out_dir, seconds) -> None:
+def _print_summary(metrics, overlap, ranks, density, eligible, out_dir, seconds, networks) -> None:
     from .analysis import pair_matrix
     from .stats import chance_jaccard
 
@@ -280,6 +454,8 @@ def _print_summary(metrics, overlap, ranks, density, eligible, out_dir, seconds)
         print(pair_matrix(overlap, "jaccard", metrics).round(3).to_string())
         print("\nSpearman ρ of scores (global):")
         print(pair_matrix(ranks, "spearman", metrics).round(3).to_string())
+    for metric, value in networks.items():
+        print(f"\nnetwork-level {metric}: {value:.4g}")
     print(f"\nwrote {out_dir} in {seconds:.1f} s")
 
 

@@ -17,9 +17,11 @@ from typing import Mapping
 import torch
 
 from .errors import SalienceBenchError
+from .tiles import block_sums, expand_tiles
 
 Mask = dict[str, torch.Tensor]
 SCOPES = ("global", "layer")
+STRUCTURES = ("unstructured", "row", "block", "nm")
 
 
 def selection_count(total: int, density: float) -> int:
@@ -88,31 +90,65 @@ def make_mask(
     *,
     k: int | None = None,
     scope: str = "global",
+    structure: str = "unstructured",
+    block_size: int = 64,
+    nm: tuple[int, int] = (2, 4),
 ) -> Mask:
     """Boolean masks selecting the highest-scoring weights.
 
     ``density`` d ∈ (0, 1] selects exactly round(d·N) entries (N = all eligible weights for
     ``scope="global"``, each tensor's own size for ``scope="layer"``); ``k`` selects exactly
-    k entries globally. Give one of the two.
+    k entries globally. Give one of the two (neither for ``structure="nm"``).
+
+    Structures: ``unstructured``; ``row`` (round(d·columns) entries in every output row, as
+    Wanda; exact per row); ``block`` (block_size² tiles ranked by their summed score, SMT-style:
+    exactly round(d·number of tiles) tiles, or round(k / block_size²); edge tiles may be
+    smaller, so the realised density can differ slightly from d); ``nm`` (in every group of M
+    consecutive entries along the input dimension keep the N largest: density N/M, exact when
+    the input size is a multiple of M). Ties always go to the lower position.
     """
     if not scores:
         raise SalienceBenchError("no scores to mask: the score dict is empty")
     if scope not in SCOPES:
         raise SalienceBenchError(f"unknown scope {scope!r}; valid: {', '.join(SCOPES)}")
-    if (density is None) == (k is None):
-        raise SalienceBenchError(f"give exactly one of density and k (got density={density}, k={k})")
+    if structure not in STRUCTURES:
+        raise SalienceBenchError(f"unknown structure {structure!r}; valid: {', '.join(STRUCTURES)}")
     for name, s in scores.items():
         if s.is_floating_point() and not torch.isfinite(s).all():
             raise SalienceBenchError(f"scores of {name!r} contain NaN or inf; cannot rank them")
+    if structure == "nm":
+        if density is not None or k is not None:
+            raise SalienceBenchError(f"structure 'nm' fixes the density at N/M={nm[0]}/{nm[1]}; give neither density nor k")
+        return {name: _nm_mask(s, *_check_nm(nm)) for name, s in scores.items()}
+    if (density is None) == (k is None):
+        raise SalienceBenchError(f"give exactly one of density and k (got density={density}, k={k})")
     total = sum(s.numel() for s in scores.values())
     if k is not None:
         if scope != "global":
             raise SalienceBenchError(f"k={k} is a global count; use density with scope={scope!r}")
         if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= total:
             raise SalienceBenchError(f"k={k!r} must be an integer between 1 and the number of eligible weights ({total})")
-        return top_k_mask(scores, k)
-    if not isinstance(density, (int, float)) or not 0 < density <= 1:
+        if structure == "row":
+            raise SalienceBenchError("structure 'row' selects a fraction of every row; use density, not k")
+    elif not isinstance(density, (int, float)) or not 0 < density <= 1:
         raise SalienceBenchError(f"density={density!r} must be in (0, 1]")
+    if structure == "row":
+        return {name: _row_mask(s, density) for name, s in scores.items()}
+    if structure == "block":
+        if block_size < 1:
+            raise SalienceBenchError(f"block size must be ≥ 1, got {block_size}")
+        tiles = {name: block_sums(_as_2d(s), block_size) for name, s in scores.items()}
+        tile_k = None if k is None else max(1, min(round(k / block_size**2), sum(t.numel() for t in tiles.values())))
+        tile_masks = _unstructured(tiles, density if k is None else None, tile_k, scope)
+        return {name: expand_tiles(tile_masks[name], block_size, _as_2d(s).shape).reshape(s.shape)
+                for name, s in scores.items()}
+    return _unstructured(scores, density, k, scope)
+
+
+def _unstructured(scores: Mapping[str, torch.Tensor], density: float | None, k: int | None, scope: str) -> Mask:
+    total = sum(s.numel() for s in scores.values())
+    if k is not None:
+        return top_k_mask(scores, k)
     if scope == "global":
         count = selection_count(total, density)
         if count == 0:
@@ -125,3 +161,36 @@ def make_mask(
     if not any(m.any() for m in masks.values()):
         raise SalienceBenchError(f"density={density} selects 0 weights in every tensor; raise it")
     return masks
+
+
+def _as_2d(s: torch.Tensor) -> torch.Tensor:
+    return s.reshape(1, -1) if s.dim() < 2 else s.reshape(s.shape[0], -1)
+
+
+def _top_per_row(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` largest entries of every row (stable sort: ties to the lower column)."""
+    mask = torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
+    if count > 0:
+        order = torch.sort(_ordered_keys(rows), dim=-1, descending=True, stable=True).indices[..., :count]
+        mask.scatter_(-1, order, True)
+    return mask
+
+
+def _row_mask(s: torch.Tensor, density: float) -> torch.Tensor:
+    rows = _as_2d(s)
+    return _top_per_row(rows, selection_count(rows.shape[1], density)).reshape(s.shape)
+
+
+def _check_nm(nm: tuple[int, int]) -> tuple[int, int]:
+    n, m = nm
+    if not (isinstance(n, int) and isinstance(m, int) and 0 < n <= m):
+        raise SalienceBenchError(f"N:M must satisfy 0 < N ≤ M, got {n}:{m}")
+    return n, m
+
+
+def _nm_mask(s: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    rows = _as_2d(s)
+    cols = rows.shape[1]
+    padded = torch.nn.functional.pad(rows.float(), (0, -cols % m), value=float("-inf"))
+    groups = padded.reshape(rows.shape[0], -1, m)
+    return _top_per_row(groups, n).reshape(rows.shape[0], -1)[:, :cols].reshape(s.shape)

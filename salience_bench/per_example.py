@@ -1,4 +1,6 @@
-"""Per-example squared gradients of linear weights, from hooks, in one backward per batch.
+"""Hooks on linear layers: per-example squared gradients and input-activation norms.
+
+Per-example squared gradients of linear weights come from hooks, in one backward per batch.
 
 For ``y = x Wᵀ (+ b)`` with input ``x`` of shape (B, ..., in) and output gradient
 ``G = ∂L/∂y`` of shape (B, ..., out), the gradient that example ``n`` puts on ``W`` is
@@ -75,7 +77,9 @@ class ExampleSquaredGradients:
                 h.remove()
 
 
-def linear_modules_for(model: nn.Module, params: Mapping[str, nn.Parameter]) -> dict[str, nn.Linear]:
+def linear_modules_for(
+    model: nn.Module, params: Mapping[str, nn.Parameter], purpose: str = "fisher needs per-example gradients, which are"
+) -> dict[str, nn.Linear]:
     """The ``nn.Linear`` owning each parameter, keyed by parameter name; a clear error otherwise."""
     owners = {id(m.weight): m for m in model.modules() if isinstance(m, nn.Linear)}
     modules = {}
@@ -83,8 +87,46 @@ def linear_modules_for(model: nn.Module, params: Mapping[str, nn.Parameter]) -> 
         module = owners.get(id(p))
         if module is None:
             raise SalienceBenchError(
-                f"fisher needs per-example gradients, which are computed for nn.Linear weights only; "
+                f"{purpose} computed for nn.Linear weights only; "
                 f"{name!r} is not one (exclude it with --exclude or pick another metric)"
             )
         modules[name] = module
     return modules
+
+
+class InputSquaredNorms:
+    """Accumulates Σ over tokens of x_j² for each input column j of the given linear modules.
+
+    Padded positions are left out when the batch's ``attention_mask`` has the input's leading
+    (batch, sequence) shape; call :meth:`start_batch` with it before each forward.
+    """
+
+    def __init__(self, modules: Mapping[str, nn.Linear]):
+        self.modules = dict(modules)
+        self.sums = {
+            name: torch.zeros(m.weight.shape[1], dtype=torch.float32, device=m.weight.device)
+            for name, m in self.modules.items()
+        }
+        self._token_mask: torch.Tensor | None = None
+
+    def start_batch(self, attention_mask: torch.Tensor | None) -> None:
+        self._token_mask = attention_mask
+
+    def _forward_hook(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            x = inputs[0].detach().float()
+            mask = self._token_mask
+            if mask is not None and x.dim() == 3 and tuple(mask.shape) == tuple(x.shape[:2]):
+                x = x * mask.to(x.dtype).unsqueeze(-1)
+            self.sums[name].add_(x.reshape(-1, x.shape[-1]).square().sum(0))
+
+        return hook
+
+    @contextmanager
+    def hooked(self) -> Iterator["InputSquaredNorms"]:
+        handles = [m.register_forward_hook(self._forward_hook(name)) for name, m in self.modules.items()]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()

@@ -1,15 +1,17 @@
 """One pass over the scoring batches feeds every requested scorer.
 
-Each batch costs one forward and one backward. The signed mean gradient ḡ is
-accumulated in float32 whenever any scorer needs it; per-example squared gradients
-(for ``fisher``) are gathered by hooks in that same backward. Scorers then turn the
-accumulators into scores tensor by tensor.
+Each batch costs one forward and one backward. The signed mean gradient ḡ (and the mean
+absolute batch gradient) are accumulated in float32 whenever a scorer needs them;
+per-example squared gradients (``fisher``) and input-activation norms (``wanda``) are
+gathered by hooks in that same pass. Only ``grasp`` needs a second pass (Hessian-vector
+products need ḡ first). Whole-model scorers (``synflow``, ``jacob_cov``) run the model
+their own way. Scorers then turn the accumulators into scores tensor by tensor.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Iterable, Mapping, Sequence
+from contextlib import ExitStack
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -17,10 +19,24 @@ from tqdm.auto import tqdm
 
 from .errors import SalienceBenchError
 from .models import eligible_parameters
-from .per_example import ExampleSquaredGradients, linear_modules_for
-from .scorers import EXAMPLE_SQ_GRAD, MEAN_GRAD, TensorStats, get_scorer, resolve_metrics
+from .per_example import ExampleSquaredGradients, InputSquaredNorms, linear_modules_for
+from .scorers import (
+    ABS_GRAD,
+    EXAMPLE_SQ_GRAD,
+    HESSIAN_GRAD,
+    INPUT_SQ_NORM,
+    MEAN_GRAD,
+    ModelContext,
+    TensorStats,
+    get_scorer,
+    resolve_metrics,
+)
 
 Scores = dict[str, dict[str, torch.Tensor]]
+NETWORK = "network"
+"""Key of the single 0-dim score that a network-level metric (e.g. jacob_cov) returns."""
+
+BACKWARD_NEEDS = {MEAN_GRAD, EXAMPLE_SQ_GRAD, ABS_GRAD, HESSIAN_GRAD}
 
 
 def _batch_size(batch: Mapping[str, torch.Tensor]) -> int:
@@ -30,68 +46,135 @@ def _batch_size(batch: Mapping[str, torch.Tensor]) -> int:
     raise SalienceBenchError("a scoring batch holds no tensors; batches must be dicts accepted by model(**batch)")
 
 
+def _loss(model: nn.Module, batch: Mapping[str, torch.Tensor], index: int) -> torch.Tensor:
+    loss = getattr(model(**batch), "loss", None)
+    if loss is None:
+        raise SalienceBenchError(
+            "the model returned no .loss; scoring batches must include labels "
+            "(the Hugging Face convention: model(**batch).loss)"
+        )
+    if not torch.isfinite(loss):
+        raise SalienceBenchError(f"the loss of scoring batch {index} is {loss.item()}")
+    return loss
+
+
+class _ScoringMode:
+    """Eval mode, gradients only on the scored tensors; everything restored on exit."""
+
+    def __init__(self, model: nn.Module, params: Mapping[str, nn.Parameter]):
+        self.model, self.scored = model, {id(p) for p in params.values()}
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.requires_grad = {id(p): p.requires_grad for p in self.model.parameters()}
+        self.grads = {id(p): p.grad for p in self.model.parameters()}
+        self.model.eval()
+        for p in self.model.parameters():
+            # Only scored tensors need .grad; skipping the rest saves the embedding gradient.
+            p.requires_grad_(id(p) in self.scored)
+            p.grad = None
+        return self
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)
+        for p in self.model.parameters():
+            p.requires_grad_(self.requires_grad[id(p)])
+            p.grad = self.grads[id(p)]
+        return False
+
+
 def accumulate(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
     params: Mapping[str, nn.Parameter],
+    needs: Iterable[str] = (MEAN_GRAD,),
     *,
-    mean_grad: bool = True,
-    example_sq_grad: bool = False,
     progress: bool | str = False,
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Run the model over ``batches`` once and return the requested float32 accumulators.
+) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
+    """Run the model over ``batches`` and return (the requested float32 accumulators, batch count).
 
     The model runs in eval mode (no dropout) so scores are deterministic; its training
     mode, ``requires_grad`` flags and ``.grad`` fields are restored afterwards.
     """
+    needs = set(needs)
     device = next(iter(params.values())).device
-    was_training = model.training
-    saved_requires_grad = {id(p): p.requires_grad for p in model.parameters()}
-    saved_grads = {id(p): p.grad for p in model.parameters()}
-    scored = {id(p) for p in params.values()}
-    grad_sums = {n: torch.zeros(p.shape, dtype=torch.float32, device=device) for n, p in params.items()}
-    per_example = ExampleSquaredGradients(linear_modules_for(model, params)) if example_sq_grad else None
+    backward = bool(needs & BACKWARD_NEEDS)
+    if HESSIAN_GRAD in needs:
+        batches = list(batches)  # walked twice: ḡ first, then Hessian-vector products with it
+    grad_needed = needs & {MEAN_GRAD, HESSIAN_GRAD}
+    grad_sums = {n: torch.zeros(p.shape, dtype=torch.float32, device=device) for n, p in params.items()} if grad_needed else {}
+    abs_sums = {n: torch.zeros(p.shape, dtype=torch.float32, device=device) for n, p in params.items()} if ABS_GRAD in needs else {}
+    per_example = ExampleSquaredGradients(linear_modules_for(model, params)) if EXAMPLE_SQ_GRAD in needs else None
+    norms = (InputSquaredNorms(linear_modules_for(model, params, "wanda needs input-activation norms, which are"))
+             if INPUT_SQ_NORM in needs else None)
     num_batches = 0
-    try:
-        model.eval()
-        for p in model.parameters():
-            # Only scored tensors need .grad; skipping the rest saves the embedding gradient.
-            p.requires_grad_(id(p) in scored)
-            p.grad = None
-        desc = progress if isinstance(progress, str) else "scoring"
-        with torch.enable_grad(), (per_example.hooked() if per_example else nullcontext()):
+    desc = progress if isinstance(progress, str) else "scoring"
+    with _ScoringMode(model, params), ExitStack() as hooks:
+        for hook in (per_example, norms):
+            if hook is not None:
+                hooks.enter_context(hook.hooked())
+        with torch.set_grad_enabled(backward):
             for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
                 batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
                 if per_example is not None:
                     per_example.start_batch(_batch_size(batch))
-                out = model(**batch)
-                loss = getattr(out, "loss", None)
-                if loss is None:
-                    raise SalienceBenchError(
-                        "the model returned no .loss; scoring batches must include labels "
-                        "(the Hugging Face convention: model(**batch).loss)"
-                    )
-                if not torch.isfinite(loss):
-                    raise SalienceBenchError(f"the loss of scoring batch {num_batches} is {loss.item()}")
-                loss.backward()
-                for name, p in params.items():
-                    if p.grad is not None:
-                        grad_sums[name].add_(p.grad.float())
-                        p.grad = None
+                if norms is not None:
+                    norms.start_batch(batch.get("attention_mask"))
+                loss = _loss(model, batch, num_batches)
+                if backward:
+                    loss.backward()
+                    for name, p in params.items():
+                        if p.grad is not None:
+                            g = p.grad.float()
+                            if grad_sums:
+                                grad_sums[name].add_(g)
+                            if abs_sums:
+                                abs_sums[name].add_(g.abs())
+                            p.grad = None
                 num_batches += 1
-    finally:
-        model.train(was_training)
-        for p in model.parameters():
-            p.requires_grad_(saved_requires_grad[id(p)])
-            p.grad = saved_grads[id(p)]
-    if num_batches == 0:
-        raise SalienceBenchError("no scoring batches: the data iterable was empty")
-    result: dict[str, dict[str, torch.Tensor]] = {}
-    if mean_grad:
-        result[MEAN_GRAD] = {n: s.div_(num_batches) for n, s in grad_sums.items()}
-    if per_example is not None:
-        result[EXAMPLE_SQ_GRAD] = per_example.mean()
-    return result
+        if num_batches == 0:
+            raise SalienceBenchError("no scoring batches: the data iterable was empty")
+        result: dict[str, dict[str, torch.Tensor]] = {}
+        if grad_sums:
+            result[MEAN_GRAD] = {n: s.div_(num_batches) for n, s in grad_sums.items()}
+        if abs_sums:
+            result[ABS_GRAD] = {n: s.div_(num_batches) for n, s in abs_sums.items()}
+        if per_example is not None:
+            result[EXAMPLE_SQ_GRAD] = per_example.mean()
+        if norms is not None:
+            result[INPUT_SQ_NORM] = norms.sums
+    if HESSIAN_GRAD in needs:
+        result[HESSIAN_GRAD] = hessian_gradient_products(model, batches, params, result[MEAN_GRAD], progress=progress)
+    return result, num_batches
+
+
+def hessian_gradient_products(
+    model: nn.Module,
+    batches: Sequence[Mapping[str, torch.Tensor]],
+    params: Mapping[str, nn.Parameter],
+    direction: Mapping[str, torch.Tensor],
+    *,
+    progress: bool | str = False,
+) -> dict[str, torch.Tensor]:
+    """H v for the mean loss over ``batches``, by double backward (v held constant), in float32."""
+    device = next(iter(params.values())).device
+    names = list(params)
+    totals = {n: torch.zeros(params[n].shape, dtype=torch.float32, device=device) for n in names}
+    # Fused attention kernels have no double backward; the math kernel is plain differentiable ops.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with _ScoringMode(model, params), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+        for i, batch in enumerate(tqdm(batches, desc="Hessian-vector products", unit="batch",
+                                       disable=not progress, leave=False)):
+            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            loss = _loss(model, batch, i)
+            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=True)
+            inner = sum((g.float() * direction[n]).sum() for n, g in zip(names, grads))
+            products = torch.autograd.grad(inner, [params[n] for n in names], allow_unused=True)
+            for n, hv in zip(names, products):
+                if hv is not None:
+                    totals[n].add_(hv.float())
+    return {n: t.div_(len(batches)) for n, t in totals.items()}
 
 
 def score(
@@ -103,47 +186,69 @@ def score(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     seed: int = 0,
+    options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> Scores:
     """Scores of every requested metric for every eligible tensor.
 
-    Returns ``{metric: {param_name: float32 tensor shaped like the parameter}}``.
-    All gradient-based metrics come from a single pass over ``batches`` (one backward
-    per batch); metrics that need no data (magnitude, random) need no batches.
-    ``params`` overrides the include/exclude selection with an explicit name→parameter map.
+    Returns ``{metric: {param_name: float32 tensor shaped like the parameter}}``; a
+    network-level metric (``jacob_cov``) returns ``{metric: {"network": 0-dim tensor}}``.
+    All per-tensor gradient metrics come from a single pass over ``batches`` (one backward
+    per batch); metrics that need no data (magnitude, random, lift, synflow) need no batches.
+    ``params`` overrides the include/exclude selection with an explicit name→parameter map;
+    ``options`` passes metric settings (``lift_rank``, ``block_size``).
     """
     names = resolve_metrics(metrics)
     scorers = [get_scorer(n) for n in names]
+    options = dict(options or {})
     params = dict(params) if params is not None else eligible_parameters(model, include, exclude)
-    needs = set().union(*(s.needs for s in scorers))
+    needs = set().union(*(s.needs for s in scorers if not s.whole_model))
+    data_users = sorted(s.name for s in scorers if s.uses_data)
+    if data_users and batches is None:
+        raise SalienceBenchError(f"metrics {data_users} need scoring batches")
+    if any(s.whole_model and s.needs_data for s in scorers) and batches is not None:
+        batches = list(batches)  # more than one pass will walk them
     accumulators: dict[str, dict[str, torch.Tensor]] = {}
+    num_batches = 0
     if needs:
-        if batches is None:
-            raise SalienceBenchError(f"metrics {sorted(n for n in names if get_scorer(n).needs)} need scoring batches")
-        accumulators = accumulate(
-            model,
-            batches,
-            params,
-            mean_grad=MEAN_GRAD in needs,
-            example_sq_grad=EXAMPLE_SQ_GRAD in needs,
-            progress=f"scoring {','.join(names)}" if progress else False,
+        accumulators, num_batches = accumulate(
+            model, batches, params, needs, progress=f"scoring {','.join(names)}" if progress else False
         )
     scores: Scores = {}
     for scorer in scorers:
-        per_tensor = {}
+        if scorer.whole_model:
+            result = scorer(ModelContext(model=model, params=params, batches=batches, seed=seed, options=options))
+            if not scorer.maskable:
+                value = torch.as_tensor(float(result), dtype=torch.float32)
+                if not torch.isfinite(value):
+                    raise SalienceBenchError(f"metric {scorer.name!r} produced {value.item()}")
+                scores[scorer.name] = {NETWORK: value}
+                continue
+            per_tensor = dict(result)
+        else:
+            per_tensor = {}
+            for pname, p in params.items():
+                stats = TensorStats(
+                    name=pname, weight=p.detach().float(), seed=seed, num_batches=num_batches, options=options,
+                    **{need: accumulators[need][pname] for need in scorer.needs},
+                )
+                per_tensor[pname] = scorer(stats)
         for pname, p in params.items():
-            stats = TensorStats(
-                name=pname,
-                weight=p.detach().float(),
-                seed=seed,
-                **{need: accumulators[need][pname] for need in scorer.needs},
-            )
-            s = scorer(stats).to(torch.float32)
+            s = per_tensor[pname] = per_tensor[pname].to(torch.float32)
             if s.shape != p.shape:
                 raise SalienceBenchError(f"metric {scorer.name!r} returned shape {tuple(s.shape)} for {pname!r} {tuple(p.shape)}")
             if not torch.isfinite(s).all():
                 bad = (~torch.isfinite(s)).sum().item()
                 raise SalienceBenchError(f"metric {scorer.name!r} produced {bad} NaN/inf scores in {pname!r}")
-            per_tensor[pname] = s
         scores[scorer.name] = per_tensor
     return scores
+
+
+def maskable(scores: Scores) -> Scores:
+    """The per-tensor scores only (network-level metrics dropped)."""
+    return {m: s for m, s in scores.items() if get_scorer(m).maskable}
+
+
+def network_scores(scores: Scores) -> dict[str, float]:
+    """The network-level metrics' single numbers."""
+    return {m: float(s[NETWORK]) for m, s in scores.items() if not get_scorer(m).maskable}

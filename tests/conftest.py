@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -49,3 +51,27 @@ def model():
 @pytest.fixture
 def batches():
     return tiny_batches()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random BERT classifier saved with the bundled tokenizer, so the CLI can load it as a folder."""
+    from transformers import AutoTokenizer
+
+    import salience_bench as sb
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = AutoTokenizer.from_pretrained(str(sb.models.bundled_model_path()))
+    tiny_bert(vocab_size=tokenizer.vocab_size).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def run_cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "salience_bench.compare", *args], capture_output=True, text=True, env=env)
+
+
+def tiny_args(model_dir, out, *extra):
+    return ["--model", str(model_dir), "--batches", "2", "--batch-size", "4", "--max-length", "16",
+            "--out", str(out), "--quiet", *extra]

@@ -1,41 +1,18 @@
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 import salience_bench as sb
 from salience_bench import analysis, compare
 
-from .conftest import tiny_bert
+from .conftest import run_cli, tiny_args
 
 OUTPUTS = ["overlap.csv", "rank_correlation.csv", "allocation.csv", "manifest.json"]
 FIGURES = [f"{stem}.{ext}" for stem in ("jaccard_heatmap", "spearman_heatmap", "allocation") for ext in ("png", "pdf")]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny random BERT classifier saved with the bundled tokenizer, so the CLI can load it as a folder."""
-    path = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = AutoTokenizer.from_pretrained(str(sb.models.bundled_model_path()))
-    tiny_bert(vocab_size=tokenizer.vocab_size).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def run_cli(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "salience_bench.compare", *args], capture_output=True, text=True, env=env)
-
-
-def tiny_args(model_dir, out, *extra):
-    return ["--model", str(model_dir), "--batches", "2", "--batch-size", "4", "--max-length", "16",
-            "--out", str(out), "--quiet", *extra]
 
 
 def test_tiny_model_end_to_end(tiny_model_dir, tmp_path, capsys):
@@ -146,3 +123,39 @@ def test_bundled_default_run(tmp_path):
     assert "scoring" in result.stderr  # progress bars go to stderr
     for name in FIGURES:
         assert (out / "figures" / name).is_file()
+
+
+def test_all_metrics_with_network_scores_and_structures(tiny_model_dir, tmp_path):
+    out = tmp_path / "all"
+    assert compare.main(tiny_args(tiny_model_dir, out, "--metrics", "all", "--lift-rank", "4")) == 0
+    network = pd.read_csv(out / "network_scores.csv")
+    assert network.metric.tolist() == ["jacob_cov"] and network.score.notna().all()
+    overlap = pd.read_csv(out / "overlap.csv")
+    maskable = [m for m in sb.list_metrics() if sb.get_scorer(m).maskable]
+    assert set(overlap.metric_a) | set(overlap.metric_b) == set(maskable)
+    assert len(overlap[overlap.layer == "all"]) == len(maskable) * (len(maskable) - 1) // 2
+    assert (out / "figures" / "jaccard_heatmap.png").is_file()
+    out = tmp_path / "nm"
+    assert compare.main(tiny_args(tiny_model_dir, out, "--metrics", "grad,wanda", "--structure", "nm", "--nm", "2:4",
+                                  "--no-figures")) == 0
+    alloc = pd.read_csv(out / "allocation.csv")
+    assert (alloc.density == 0.5).all()
+    out = tmp_path / "block"
+    assert compare.main(tiny_args(tiny_model_dir, out, "--metrics", "smt_block,grad", "--structure", "block",
+                                  "--block-size", "16", "--density", "0.25", "--no-figures")) == 0
+    alloc = pd.read_csv(out / "allocation.csv")
+    assert (alloc.selected % 16 == 0).all()  # whole 16×16 tiles (the tiny model's sizes are multiples of 16)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--structure", "nm", "--density", "0.1"], "--structure nm fixes the density"),
+        (["--structure", "row", "--k", "10"], "use --density, not --k"),
+        (["--nm", "5:4", "--structure", "nm"], "0 < N ≤ M"),
+        (["--metrics", "zzz*"], "matches no metric"),
+    ],
+)
+def test_bad_structure_input_exits_2(tiny_model_dir, tmp_path, args, message):
+    result = run_cli(*tiny_args(tiny_model_dir, tmp_path / "o"), *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

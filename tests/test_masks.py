@@ -132,3 +132,59 @@ def test_non_finite_scores_are_rejected():
 def test_top_k_mask_directly_rejects_impossible_k():
     with pytest.raises(sb.SalienceBenchError):
         top_k_mask({"a": torch.ones(3)}, 4)
+
+
+def test_row_structure_equals_per_row_brute_force():
+    scores = random_scores(seed=5, shapes=((12, 30), (7, 9)), integer=True)
+    mask = sb.make_mask(scores, density=0.2, structure="row")
+    for name, s in scores.items():
+        per_row = round(0.2 * s.shape[1])
+        for r in range(s.shape[0]):
+            expected = brute_force_top_k({"row": s[r]}, per_row)["row"]
+            assert torch.equal(mask[name][r], expected), (name, r)
+
+
+def test_nm_structure_keeps_n_of_every_m():
+    scores = random_scores(seed=6, shapes=((8, 16), (5, 10)), integer=True)
+    mask = sb.make_mask(scores, structure="nm", nm=(2, 4))
+    for name, s in scores.items():
+        for r in range(s.shape[0]):
+            for start in range(0, s.shape[1], 4):
+                group = s[r, start : start + 4]
+                expected = brute_force_top_k({"g": group}, min(2, group.numel()))["g"]
+                assert torch.equal(mask[name][r, start : start + 4], expected), (name, r, start)
+    assert int(mask["t0"].sum()) == 8 * 16 // 2  # exact N/M where the width is a multiple of M
+    assert int(mask["t1"].sum()) == 5 * (2 + 2 + 2)  # 10 = 4 + 4 + 2: the short tail group keeps 2 of 2
+
+
+def test_block_structure_selects_whole_top_tiles():
+    g = torch.Generator().manual_seed(7)
+    scores = {"a": torch.rand(8, 12, generator=g), "b": torch.rand(6, 6, generator=g)}
+    block = 4
+    tiles = []  # (summed score, tensor order, tile order, name, r0, c0), by plain loops
+    for t, (name, s) in enumerate(scores.items()):
+        order = 0
+        for r0 in range(0, s.shape[0], block):
+            for c0 in range(0, s.shape[1], block):
+                tiles.append((-float(s[r0:r0 + block, c0:c0 + block].sum()), t, order, name, r0, c0))
+                order += 1
+    tiles.sort()
+    n_tiles = round(0.4 * len(tiles))
+    expected = {n: torch.zeros_like(s, dtype=torch.bool) for n, s in scores.items()}
+    for _, _, _, name, r0, c0 in tiles[:n_tiles]:
+        expected[name][r0:r0 + block, c0:c0 + block] = True
+    mask = sb.make_mask(scores, density=0.4, structure="block", block_size=block)
+    for name in scores:
+        assert torch.equal(mask[name], expected[name]), name
+
+
+def test_structure_errors():
+    scores = random_scores()
+    with pytest.raises(sb.SalienceBenchError, match="fixes the density"):
+        sb.make_mask(scores, density=0.1, structure="nm")
+    with pytest.raises(sb.SalienceBenchError, match="0 < N ≤ M"):
+        sb.make_mask(scores, structure="nm", nm=(5, 4))
+    with pytest.raises(sb.SalienceBenchError, match="unknown structure"):
+        sb.make_mask(scores, density=0.1, structure="diagonal")
+    with pytest.raises(sb.SalienceBenchError, match="use density, not k"):
+        sb.make_mask(scores, k=10, structure="row")

@@ -90,3 +90,62 @@ def allocation_plot(allocation: pd.DataFrame, *, density: float | None, title: s
     ax.legend(fontsize=6, ncols=2, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def accuracy_plot(summary: pd.DataFrame, *, title: str) -> plt.Figure:
+    """Mean accuracy per method, with 95% t-interval error bars when several seeds ran."""
+    _style()
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 0.28 * len(summary) + 0.9))
+    y = range(len(summary))
+    errors = summary["accuracy_ci95"].fillna(0).to_numpy()
+    colors = sns.color_palette("colorblind", len(summary))
+    ax.barh(list(y), summary["accuracy_mean"], xerr=errors, color=colors, capsize=2, height=0.6,
+            error_kw={"linewidth": 0.8})
+    ax.set_yticks(list(y), summary["run"])
+    ax.invert_yaxis()
+    low = max(0.0, float((summary["accuracy_mean"] - errors).min()) - 0.05)
+    ax.set_xlim(low, min(1.0, float((summary["accuracy_mean"] + errors).max()) + 0.02))
+    seeds = int(summary["seeds"].max())
+    ax.set_xlabel("accuracy" + (f" (mean of {seeds} seeds, 95% t-interval)" if seeds > 1 else " (one seed)"))
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_memory_plot(summary: pd.DataFrame, *, title: str, memory_label: str) -> plt.Figure:
+    """Accuracy against peak training memory, one labelled point per method."""
+    _style()
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, COLUMN_WIDTH_IN * 0.75))
+    colors = sns.color_palette("colorblind", len(summary))
+    mib = summary["peak_memory_bytes"] / 2**20
+    errors = summary["accuracy_ci95"].fillna(0)
+    for i, row in enumerate(summary.itertuples(index=False)):
+        ax.errorbar(mib.iloc[i], row.accuracy_mean, yerr=errors.iloc[i], fmt="o", color=colors[i], markersize=4,
+                    capsize=2, label=row.run)
+    ax.set_xlabel(memory_label)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=6, frameon=False, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def drift_plot(drift: pd.DataFrame, *, title: str) -> plt.Figure:
+    """Dynamic-mask drift: Jaccard with the initial and previous mask, and the fraction ever selected."""
+    _style()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(COLUMN_WIDTH_IN * 1.6, COLUMN_WIDTH_IN * 0.65))
+    long = drift.melt(id_vars=["metric", "seed", "step"], value_vars=["jaccard_initial", "jaccard_previous"],
+                      var_name="against", value_name="jaccard")
+    long["against"] = long["against"].map({"jaccard_initial": "initial mask", "jaccard_previous": "previous mask"})
+    sns.lineplot(data=long, x="step", y="jaccard", hue="metric", style="against", markers=True, markersize=3,
+                 linewidth=1, ax=left, errorbar=("ci", 95))
+    left.set_ylim(0, 1.02)
+    left.set_ylabel("Jaccard")
+    left.legend(fontsize=5, frameon=False)
+    sns.lineplot(data=drift, x="step", y="ever_selected_fraction", hue="metric", markers=True, marker="o",
+                 markersize=3, linewidth=1, ax=right, errorbar=("ci", 95), legend=False)
+    right.set_ylabel("fraction of weights ever selected")
+    right.set_ylim(bottom=0)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -5,8 +5,12 @@ module here with a function decorated by :func:`register` and import it below.
 """
 
 from .registry import (
+    ABS_GRAD,
     EXAMPLE_SQ_GRAD,
+    HESSIAN_GRAD,
+    INPUT_SQ_NORM,
     MEAN_GRAD,
+    ModelContext,
     Scorer,
     TensorStats,
     describe_metrics,
@@ -15,11 +19,15 @@ from .registry import (
     register,
     resolve_metrics,
 )
-from . import weight_only, gradient, fisher  # noqa: F401,E402  (registration side effect)
+from . import activation, fisher, gradient, lowrank, second_order, weight_only, whole_model  # noqa: F401,E402  (registration side effect)
 
 __all__ = [
+    "ABS_GRAD",
     "EXAMPLE_SQ_GRAD",
+    "HESSIAN_GRAD",
+    "INPUT_SQ_NORM",
     "MEAN_GRAD",
+    "ModelContext",
     "Scorer",
     "TensorStats",
     "describe_metrics",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .registry import MEAN_GRAD, TensorStats, register
+from ..tiles import block_sums, expand_tiles
+from .registry import ABS_GRAD, MEAN_GRAD, TensorStats, register
 
 
 @register("grad", needs={MEAN_GRAD}, aliases=("gradient",), source="SPEFT 'gradient'")
@@ -46,3 +47,24 @@ def taylor_fo(t: TensorStats) -> torch.Tensor:
 def grad_norm(t: TensorStats) -> torch.Tensor:
     """‖ḡ‖₂ of the whole tensor, broadcast to every weight (ranks tensors, not weights)."""
     return torch.full_like(t.weight, torch.linalg.vector_norm(t.mean_grad).item())
+
+
+@register("movement", needs={MEAN_GRAD}, source="Sanh et al. 2020 (movement pruning)")
+def movement(t: TensorStats) -> torch.Tensor:
+    """−Σ_b W ⊙ g_b over the scoring batches (before training W is fixed, so it ranks like skeletonization)."""
+    return -(t.weight * t.mean_grad) * t.num_batches
+
+
+@register("spiel_grad", needs={ABS_GRAD}, source="Ansell et al. 2024 (SpIEL regrowth)")
+def spiel_grad(t: TensorStats) -> torch.Tensor:
+    """(1/B) Σ_b |g_b|: accumulated absolute batch gradient, SpIEL's regrowth criterion."""
+    return t.abs_grad.clone()
+
+
+@register("smt_block", needs={MEAN_GRAD}, source="He et al. 2024 (SMT), arXiv 2405.15525")
+def smt_block(t: TensorStats) -> torch.Tensor:
+    """Σ |ḡ| over the b×b block holding each weight (--block-size); pairs with --structure block."""
+    block = int(t.options.get("block_size", 64))
+    if t.weight.dim() != 2:
+        return t.mean_grad.abs()
+    return expand_tiles(block_sums(t.mean_grad.abs(), block), block, t.weight.shape)

@@ -11,16 +11,20 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
+from torch import nn
 
 from ..errors import SalienceBenchError
 
 # What a scorer can ask the scoring pass for.
 MEAN_GRAD = "mean_grad"  # ḡ: mean over scoring batches of the gradient of each batch's mean loss
 EXAMPLE_SQ_GRAD = "example_sq_grad"  # (1/N) Σ_n g_n² over single examples (per-example gradients)
-NEEDS = frozenset({MEAN_GRAD, EXAMPLE_SQ_GRAD})
+ABS_GRAD = "abs_grad"  # (1/B) Σ_b |g_b|: mean over batches of the absolute batch gradient
+INPUT_SQ_NORM = "input_sq_norm"  # Σ over (unpadded) tokens of x_j², per input column of a linear layer
+HESSIAN_GRAD = "hessian_grad"  # H ḡ: Hessian of the mean loss times ḡ (ḡ held constant); a second pass
+NEEDS = frozenset({MEAN_GRAD, EXAMPLE_SQ_GRAD, ABS_GRAD, INPUT_SQ_NORM, HESSIAN_GRAD})
 
 
 @dataclass(frozen=True)
@@ -30,8 +34,24 @@ class TensorStats:
     name: str
     weight: torch.Tensor
     seed: int
+    num_batches: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
     mean_grad: torch.Tensor | None = None
     example_sq_grad: torch.Tensor | None = None
+    abs_grad: torch.Tensor | None = None
+    input_sq_norm: torch.Tensor | None = None
+    hessian_grad: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """What a whole-model scorer receives: the model, the scored tensors, the data, the options."""
+
+    model: nn.Module
+    params: Mapping[str, nn.Parameter]
+    batches: Sequence[Mapping[str, torch.Tensor]] | None
+    seed: int
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -42,9 +62,16 @@ class Scorer:
     description: str
     aliases: tuple[str, ...] = ()
     source: str = ""
+    maskable: bool = True  # False for network-level scores (one number per model)
+    whole_model: bool = False  # fn(ModelContext) instead of fn(TensorStats), for scores that rerun the model
+    needs_data: bool = False  # whole-model scorers: whether they need scoring batches
 
-    def __call__(self, stats: TensorStats) -> torch.Tensor:
+    def __call__(self, stats):
         return self.fn(stats)
+
+    @property
+    def uses_data(self) -> bool:
+        return bool(self.needs) or self.needs_data
 
 
 @dataclass
@@ -62,11 +89,18 @@ def register(
     needs: Iterable[str] = (),
     aliases: Iterable[str] = (),
     source: str = "",
+    maskable: bool = True,
+    whole_model: bool = False,
+    needs_data: bool = False,
 ) -> Callable[[Callable[[TensorStats], torch.Tensor]], Callable[[TensorStats], torch.Tensor]]:
     """Register ``fn`` as the scorer ``name``.
 
     The first line of the function's docstring is the one-line description shown by
     ``--list-metrics``. Names and aliases are case-insensitive and must be unique.
+    ``maskable=False`` marks a network-level score (one number per model) that is reported
+    but never turned into a mask or used to drive training. ``whole_model=True`` scorers take a
+    :class:`ModelContext` and return ``{param_name: score}`` (or a float when not maskable);
+    ``needs_data`` says whether they need scoring batches.
     """
     needs = frozenset(needs)
     unknown = needs - NEEDS
@@ -87,6 +121,9 @@ def register(
             description=doc[0] if doc else "",
             aliases=alias_keys,
             source=source,
+            maskable=maskable,
+            whole_model=whole_model,
+            needs_data=needs_data,
         )
         for alias in alias_keys:
             _REGISTRY.aliases[alias] = key
@@ -142,8 +179,8 @@ def resolve_metrics(spec: str | Iterable[str]) -> list[str]:
 
 
 def describe_metrics() -> list[tuple[str, str, str]]:
-    """(name, aliases, description) for every metric, sorted by name."""
+    """(name, aliases, description) for every metric, sorted by name; network-level ones say so."""
     return [
-        (s.name, ", ".join(s.aliases), s.description)
+        (s.name, ", ".join(s.aliases), s.description + ("" if s.maskable else " [network-level: reported, never masked]"))
         for s in (_REGISTRY.scorers[n] for n in list_metrics())
     ]

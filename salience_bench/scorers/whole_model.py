@@ -1,0 +1,120 @@
+"""Scores that rerun the model their own way: SynFlow (data-free) and the network-level jacob_cov."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .registry import ModelContext, register
+
+_NONLINEAR = (nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Mish, nn.LayerNorm, nn.GroupNorm)
+
+
+def _is_nonlinearity(module: nn.Module) -> bool:
+    name = type(module).__name__
+    return isinstance(module, _NONLINEAR) or name.endswith("Activation") or "RMSNorm" in name or "LayerNorm" in name
+
+
+@contextmanager
+def linearised(model: nn.Module) -> Iterator[list[str]]:
+    """Activations and normalisations become identities inside the block (softmax stays)."""
+    patched = []
+    for name, module in model.named_modules():
+        if _is_nonlinearity(module) and "forward" not in vars(module):
+            module.forward = lambda x, *args, **kwargs: x
+            patched.append((name, module))
+    try:
+        yield [name for name, _ in patched]
+    finally:
+        for _, module in patched:
+            del module.forward
+
+
+@contextmanager
+def absolute_float64(model: nn.Module) -> Iterator[None]:
+    """Every parameter and float buffer as float64 |value|; restored bit for bit afterwards."""
+    params = list(model.parameters())
+    dtypes = [p.dtype for p in params]
+    negative = [torch.signbit(p.detach()) for p in params]
+    buffers = [(b, b.dtype) for b in model.buffers() if b.is_floating_point()]
+    with torch.no_grad():
+        for p in params:
+            p.data = p.data.double().abs_()
+        for b, _ in buffers:
+            b.data = b.data.double()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, dtype, neg in zip(params, dtypes, negative):
+                p.data = torch.where(neg, -p.data, p.data).to(dtype)
+            for b, dtype in buffers:
+                b.data = b.data.to(dtype)
+
+
+def _logits(output) -> torch.Tensor:
+    return output.logits if hasattr(output, "logits") else output[0]
+
+
+@register("synflow", whole_model=True, source="Tanaka et al. 2020 (SynFlow); zero-cost-nas")
+def synflow(ctx: ModelContext) -> dict[str, torch.Tensor]:
+    """|W ⊙ ∂R/∂W|, R = sum of outputs with all weights |W|, no nonlinearities, all-ones input embeddings; data-free, float64."""
+    model, params = ctx.model, ctx.params
+    tokens = int(ctx.options.get("synflow_tokens", 8))
+    was_training = model.training
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    device = next(iter(params.values())).device
+    try:
+        model.eval()
+        with absolute_float64(model), linearised(model):
+            for p in model.parameters():
+                p.requires_grad_(any(p is q for q in params.values()))
+            width = model.get_input_embeddings().embedding_dim
+            ones = torch.ones(1, tokens, width, dtype=torch.float64, device=device)
+            total = _logits(model(inputs_embeds=ones, attention_mask=torch.ones(1, tokens, dtype=torch.long, device=device))).sum()
+            names = list(params)
+            grads = torch.autograd.grad(total, [params[n] for n in names], allow_unused=True)
+            scores = {
+                n: (params[n].detach() * (g if g is not None else torch.zeros_like(params[n]))).abs().float()
+                for n, g in zip(names, grads)
+            }
+    finally:
+        model.train(was_training)
+        for p in model.parameters():
+            p.requires_grad_(flags[id(p)])
+    return scores
+
+
+def jacobian_covariance_score(jacobian: torch.Tensor, eps: float = 1e-5) -> float:
+    """−Σ (log(λ + ε) + 1/(λ + ε)) over the eigenvalues λ of the correlation matrix of the rows."""
+    corr = torch.corrcoef(jacobian.double())
+    eigenvalues = torch.linalg.eigvalsh(corr)
+    return float(-(torch.log(eigenvalues + eps) + 1.0 / (eigenvalues + eps)).sum())
+
+
+@register("jacob_cov", whole_model=True, needs_data=True, maskable=False,
+          source="Mellor et al. 2021; Abdelfattah et al. 2021 (zero-cost-nas)")
+def jacob_cov(ctx: ModelContext) -> float:
+    """Network-level: correlation of per-example input-embedding Jacobians of the summed outputs, mean over batches."""
+    model = ctx.model
+    device = next(iter(ctx.params.values())).device
+    embed = model.get_input_embeddings()
+    was_training = model.training
+    values = []
+    try:
+        model.eval()
+        for batch in ctx.batches:
+            batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            ids = batch.pop("input_ids")
+            batch.pop("labels", None)
+            inputs = embed(ids).detach().requires_grad_(True)
+            with torch.enable_grad():
+                total = _logits(model(inputs_embeds=inputs, **batch)).sum()
+                (jac,) = torch.autograd.grad(total, [inputs])
+            values.append(jacobian_covariance_score(jac.reshape(jac.shape[0], -1)))
+    finally:
+        model.train(was_training)
+    return sum(values) / len(values)
