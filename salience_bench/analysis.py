@@ -40,25 +40,31 @@ def overlap_frame(masks: Nested) -> pd.DataFrame:
 
 
 def rank_correlation_frame(
-    scores: Nested, *, kendall_max_n: int | None = 100_000, seed: int = 0, progress: bool = False
+    scores: Nested, *, kendall_max_n: int | None = 20_000, seed: int = 0, progress: bool = False
 ) -> pd.DataFrame:
     """Spearman ρ (exact, all entries) and Kendall τ-b (on a seeded subsample of at most
     ``kendall_max_n`` entries, size in ``kendall_n``) for every pair, globally and per layer."""
     metrics = list(scores)
     layers = _layers(scores)
     flat = {m: torch.cat([scores[m][l].reshape(-1) for l in layers]) for m in metrics}
-    ranks = {m: {ALL_LAYERS: stats.average_ranks(flat[m])} for m in metrics}
-    for m in metrics:
-        ranks[m].update({l: stats.average_ranks(scores[m][l]) for l in layers})
+
+    def values(m: str, layer: str) -> torch.Tensor:
+        return flat[m] if layer == ALL_LAYERS else scores[m][layer].reshape(-1)
+
+    # Ranks and the Kendall subsample are computed once per metric and layer, not once per pair;
+    # every pair uses the same sampled positions.
+    ranks = {m: {layer: stats.average_ranks(values(m, layer)) for layer in (ALL_LAYERS, *layers)} for m in metrics}
+    picks = {layer: stats.sample_indices(values(metrics[0], layer).numel(), kendall_max_n, seed)
+             for layer in (ALL_LAYERS, *layers)}
+    sampled = {m: {layer: values(m, layer) if picks[layer] is None else values(m, layer)[picks[layer]]
+                   for layer in picks} for m in metrics}
     rows = []
     pairs = list(combinations(metrics, 2))
     for a, b in tqdm(pairs, desc="rank correlation", unit="pair", disable=not progress, leave=False):
         for layer in (ALL_LAYERS, *layers):
-            xa = flat[a] if layer == ALL_LAYERS else scores[a][layer]
-            xb = flat[b] if layer == ALL_LAYERS else scores[b][layer]
             rho = stats.pearson(ranks[a][layer], ranks[b][layer])
-            tau, tau_n = stats.kendall_with_n(xa, xb, max_n=kendall_max_n, seed=seed)
-            rows.append((a, b, layer, rho, tau, xa.numel(), tau_n))
+            tau = stats.kendall_tau_b(sampled[a][layer], sampled[b][layer])
+            rows.append((a, b, layer, rho, tau, values(a, layer).numel(), sampled[a][layer].numel()))
     return pd.DataFrame(rows, columns=RANK_COLUMNS)
 
 

@@ -106,23 +106,30 @@ def _tie_pairs(x: torch.Tensor) -> int:
 
 
 def _count_inversions(y: torch.Tensor) -> int:
-    """Pairs i < j with y[i] > y[j], by a bottom-up merge: O(n log² n) work, O(log n) passes."""
+    """Pairs i < j with y[i] > y[j], by a bottom-up merge sort: O(n log n) per level, log n levels.
+
+    Each level merges sorted neighbour blocks with batched ``searchsorted`` (no re-sort): a
+    right-block element moves left past exactly the left-block elements greater than it.
+    """
     n = y.numel()
     if n < 2:
         return 0
     size = 1 << (n - 1).bit_length()
     # Padding with a value above every element adds no inversions (pads sit at the end).
-    padded = torch.full((size,), int(y.max().item()) + 1, dtype=torch.int64, device=y.device)
-    padded[:n] = y
+    run = torch.full((size,), int(y.max().item()) + 1, dtype=torch.int64, device=y.device)
+    run[:n] = y
     inversions = 0
     width = 1
     while width < size:
-        blocks = padded.view(-1, 2, width)
+        blocks = run.view(-1, 2, width)
         left, right = blocks[:, 0].contiguous(), blocks[:, 1].contiguous()
-        # For each right element, how many left elements are strictly greater.
-        not_greater = torch.searchsorted(left, right, right=True)
-        inversions += int((width - not_greater).sum().item())
-        padded = torch.sort(blocks.reshape(-1, 2 * width), dim=1).values.reshape(-1)
+        left_not_greater = torch.searchsorted(left, right, right=True)  # per right element
+        inversions += int((width - left_not_greater).sum().item())
+        offsets = torch.arange(width, device=y.device)
+        merged = torch.empty_like(blocks.reshape(-1, 2 * width))
+        merged.scatter_(1, offsets + torch.searchsorted(right, left, right=False), left)
+        merged.scatter_(1, offsets + left_not_greater, right)
+        run = merged.reshape(-1)
         width *= 2
     return inversions
 
@@ -153,13 +160,20 @@ def kendall(a: TensorOrDict, b: TensorOrDict, *, max_n: int | None = None, seed:
     return kendall_with_n(a, b, max_n=max_n, seed=seed)[0]
 
 
+def sample_indices(n: int, max_n: int | None, seed: int = 0, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """A seeded uniform sample of ``max_n`` of ``n`` positions (None when all ``n`` are used)."""
+    if max_n is None or n <= max_n:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_n].to(device)
+
+
 def kendall_with_n(
     a: TensorOrDict, b: TensorOrDict, *, max_n: int | None = None, seed: int = 0
 ) -> tuple[float, int]:
     """(τ-b, number of entries it was computed on)."""
     xs, ys = _pair(a, b)
     x, y = _flat(xs), _flat(ys)
-    if max_n is not None and x.numel() > max_n:
-        pick = torch.randperm(x.numel(), generator=torch.Generator().manual_seed(seed))[:max_n].to(x.device)
+    pick = sample_indices(x.numel(), max_n, seed, x.device)
+    if pick is not None:
         x, y = x[pick], y[pick]
     return kendall_tau_b(x, y), x.numel()

@@ -59,9 +59,19 @@ def _logits(output) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output[0]
 
 
+def log_score(x: torch.Tensor) -> torch.Tensor:
+    """Natural log of a non-negative float64 score as float32 (zeros → float32's lowest value).
+
+    SynFlow's products span far more than float32's range (1e40 and more on a 6-layer BERT);
+    the log keeps their order exactly, which is all that masks and rank statistics use.
+    """
+    lowest = torch.finfo(torch.float32).min
+    return torch.where(x > 0, torch.log(x.clamp(min=torch.finfo(torch.float64).tiny)), lowest).float()
+
+
 @register("synflow", whole_model=True, source="Tanaka et al. 2020 (SynFlow); zero-cost-nas")
 def synflow(ctx: ModelContext) -> dict[str, torch.Tensor]:
-    """|W ⊙ ∂R/∂W|, R = sum of outputs with all weights |W|, no nonlinearities, all-ones input embeddings; data-free, float64."""
+    """log |W ⊙ ∂R/∂W|, R = sum of outputs with weights |W|, no nonlinearities, all-ones input; data-free, float64 (log: same order, fits float32)."""
     model, params = ctx.model, ctx.params
     tokens = int(ctx.options.get("synflow_tokens", 8))
     was_training = model.training
@@ -78,7 +88,7 @@ def synflow(ctx: ModelContext) -> dict[str, torch.Tensor]:
             names = list(params)
             grads = torch.autograd.grad(total, [params[n] for n in names], allow_unused=True)
             scores = {
-                n: (params[n].detach() * (g if g is not None else torch.zeros_like(params[n]))).abs().float()
+                n: log_score((params[n].detach() * (g if g is not None else torch.zeros_like(params[n]))).abs())
                 for n, g in zip(names, grads)
             }
     finally:
