@@ -1,11 +1,16 @@
-"""Cost ratios measured side by side in one process: ``python -m benchmarks.ratios``.
+"""Cost ratios measured side by side in one process: ``python -m benchmarks.ratios [--only P1,P2,P3]``.
 
 P1: scoring five gradient-derived metrics (grad, snip, plain, taylor_fo, magnitude) in one pass,
-against scoring grad alone and against a plain forward+backward over the same batches.
-Also reports fisher (per-example gradients through hooks) and all six together.
+    against scoring grad alone and against a plain forward+backward over the same batches
+    (bundled model and data); also fisher (per-example gradients through hooks).
+P2: exact global top-k over ``--p2-n`` float32 scores in 200 tensors: our streaming threshold
+    search (radix select, no concatenation) against concatenate + torch.topk; time and extra
+    memory (CUDA: max_memory_allocated above the scores; CPU: time only).
+P3: Spearman ρ with tie-averaged ranks and exact Kendall τ-b of two ``--p3-n`` score sets on this
+    device, against scipy.stats on the CPU; both must agree to 1e-6.
 
 Each variant runs ``--repeats`` times, interleaved so drift in machine load hits all of them;
-the median is reported. Uses the bundled model and data unless told otherwise.
+the median is reported.
 """
 
 from __future__ import annotations
@@ -39,25 +44,155 @@ def forward_backward(model, batches, params):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="P1,P2,P3", help="which figures to measure (default: %(default)s)")
     parser.add_argument("--model", default="bundled")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="P1 on a random-initialised BERT of all-MiniLM-L6-v2's shape with random tokens "
+                             "(for machines without the bundled model package)")
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--p2-n", type=float, default=None, help="scores for P2 (default: 1e9 on CUDA, 1e8 on CPU)")
+    parser.add_argument("--p3-n", type=float, default=1e7, help="entries for P3 (default: 1e7)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    only = {x.strip().upper() for x in args.only.split(",")}
+    print(f"device={args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}) "
+          f"torch={torch.__version__} threads={torch.get_num_threads()}")
+    if "P1" in only:
+        p1(args)
+    if "P2" in only:
+        p2(args)
+    if "P3" in only:
+        p3(args)
 
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _median_time(fn, device: str, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _extra_memory(fn, device: str) -> float:
+    """Peak bytes allocated by ``fn`` above what was allocated before it (CUDA only)."""
+    if not device.startswith("cuda"):
+        return float("nan")
+    _sync(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    result = fn()
+    _sync(device)
+    peak = torch.cuda.max_memory_allocated() - base
+    del result
+    return float(peak)
+
+
+def p2(args) -> None:
+    from salience_bench.masks import kth_largest_key
+
+    n = int(args.p2_n or (1e9 if args.device.startswith("cuda") else 1e8))
+    g = torch.Generator(device=args.device).manual_seed(0)
+    weights = torch.rand(200, generator=torch.Generator().manual_seed(1)) + 0.5
+    sizes = (weights / weights.sum() * n).long()
+    sizes[-1] += n - int(sizes.sum())
+    scores = {f"t{i}": torch.rand(int(m), generator=g, device=args.device) for i, m in enumerate(sizes)}
+    k = n // 100
+    largest = max(s.numel() for s in scores.values()) * 4
+
+    def streaming():
+        return kth_largest_key(scores, k)
+
+    def naive():
+        return torch.topk(torch.cat([s.reshape(-1) for s in scores.values()]), k, sorted=False)
+
+    def streaming_mask():
+        return sb.make_mask(scores, k=k)
+
+    t_ours = _median_time(streaming, args.device, args.repeats)
+    t_naive = _median_time(naive, args.device, args.repeats)
+    t_mask = _median_time(streaming_mask, args.device, args.repeats)
+    m_ours, m_naive = _extra_memory(streaming, args.device), _extra_memory(naive, args.device)
+    # The threshold must be the naive route's k-th value.
+    kth = naive().values.min()
+    threshold, _ = kth_largest_key(scores, k)
+    from salience_bench.masks import _ordered_keys
+
+    assert threshold == int(_ordered_keys(kth.reshape(1)).item()), "streaming threshold differs from torch.topk"
+    print(f"\nP2: exact global top-1% of {n:.0e} float32 scores in 200 tensors (largest {largest / 2**20:.1f} MiB)")
+    print("| route | median time | extra memory | extra memory / largest tensor |")
+    print("|---|---:|---:|---:|")
+    for name, t, mem in [("streaming threshold (ours)", t_ours, m_ours), ("concatenate + torch.topk", t_naive, m_naive)]:
+        print(f"| {name} | {t * 1e3:.2f} ms | {mem / 2**20:.1f} MiB | {mem / largest:.2f} |")
+    print(f"| ours, threshold + boolean masks written | {t_mask * 1e3:.2f} ms | (masks are the output) | |")
+    print(f"speed-up of ours over the naive route: {t_naive / t_ours:.2f}x")
+
+
+def p3(args) -> None:
+    import scipy.stats
+
+    n = int(args.p3_n)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, generator=g)
+    y = 0.5 * x + torch.randn(n, generator=g)
+    x, y = (x * 8).round(), (y * 8).round()  # many ties: the case a plain argsort rank gets wrong
+    xd, yd = x.to(args.device), y.to(args.device)
+    xn, yn = x.numpy(), y.numpy()
+    rows = []
+    for name, ours, ref in [
+        ("Spearman ρ (tie-averaged ranks)", lambda: sb.spearman(xd, yd), lambda: scipy.stats.spearmanr(xn, yn).statistic),
+        ("Kendall τ-b (exact)", lambda: sb.kendall(xd, yd), lambda: scipy.stats.kendalltau(xn, yn).statistic),
+    ]:
+        t_ours = _median_time(ours, args.device, args.repeats)
+        t0 = time.perf_counter()
+        reference = ref()
+        t_ref = time.perf_counter() - t0
+        rows.append((name, t_ours, t_ref, abs(ours() - reference)))
+    print(f"\nP3: rank correlation of two {n:.0e}-entry score sets (ties included), ours on {args.device} vs scipy on CPU")
+    print("| statistic | ours | scipy (CPU) | speed-up | abs difference |")
+    print("|---|---:|---:|---:|---:|")
+    for name, t_ours, t_ref, diff in rows:
+        print(f"| {name} | {t_ours * 1e3:.1f} ms | {t_ref * 1e3:.0f} ms | {t_ref / t_ours:.0f}x | {diff:.1e} |")
+
+
+def p1(args) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    data = sb.load_dataset("sst2", "train")
-    model, tok = sb.load_model_and_tokenizer(args.model, num_labels=2)
-    model.to(args.device)
-    batches = [
-        {k: v.to(args.device) for k, v in b.items()}
-        for b in sb.make_batches(data, tok, batch_size=args.batch_size, num_batches=args.batches, max_length=args.max_length)
-    ]
+    if args.synthetic:
+        from transformers import BertConfig, BertForSequenceClassification
+
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(BertConfig(
+            vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
+            num_labels=2)).to(args.device)
+        g = torch.Generator().manual_seed(1)
+        batches = [{"input_ids": torch.randint(1, 30522, (args.batch_size, args.max_length), generator=g).to(args.device),
+                    "attention_mask": torch.ones(args.batch_size, args.max_length, dtype=torch.long, device=args.device),
+                    "labels": torch.randint(0, 2, (args.batch_size,), generator=g).to(args.device)}
+                   for _ in range(args.batches)]
+    else:
+        data = sb.load_dataset("sst2", "train")
+        model, tok = sb.load_model_and_tokenizer(args.model, num_labels=2)
+        model.to(args.device)
+        batches = [
+            {k: v.to(args.device) for k, v in b.items()}
+            for b in sb.make_batches(data, tok, batch_size=args.batch_size, num_batches=args.batches,
+                                     max_length=args.max_length)
+        ]
     params = eligible_parameters(model)
 
     def sync():
@@ -82,8 +217,8 @@ def main(argv=None) -> None:
             times[name].append(time.perf_counter() - t)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     floor, grad = med["forward+backward"], med["grad"]
-    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"batches={args.batches}x{args.batch_size} max_length={args.max_length} repeats={args.repeats}")
+    print(f"\nP1: scoring cost, batches={args.batches}x{args.batch_size} max_length={args.max_length} "
+          f"repeats={args.repeats}")
     print("| variant | median s | × forward+backward | × grad | all runs (s) |")
     print("|---|---:|---:|---:|---|")
     for name, t in med.items():

@@ -1,7 +1,7 @@
 """Scores → boolean masks with exactly k selected entries and deterministic ties.
 
 Global top-k streams over the tensors: it finds the k-th largest score with a radix
-select on the float bits (four histogram passes over the tensors, one tensor in
+select on the float bits (two histogram passes over the tensors, one tensor in
 memory at a time) instead of concatenating every score into one tensor, so it works
 when the scores do not fit in memory twice.
 
@@ -35,29 +35,87 @@ def _ordered_keys(scores: torch.Tensor) -> torch.Tensor:
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
+_SAMPLE = 1 << 20
+
+
 def kth_largest_key(scores: Mapping[str, torch.Tensor], k: int) -> tuple[int, int]:
     """(threshold key T, how many entries equal to T to take) for the k largest scores.
 
-    Radix select over the 32 key bits, 8 at a time: each pass histograms the next byte of
-    the keys that share the prefix found so far, summed over all tensors.
+    Fast path: a strided sample of at most 2^20 scores brackets the k-th largest value; one pass
+    counts the scores above the bracket (reductions only) and collects the few inside it, where
+    the exact k-th value is found. If the bracket misses (an unlucky sample), the radix select
+    below gives the exact answer anyway.
     """
-    prefix, remaining = 0, k
-    for shift in (24, 16, 8, 0):
-        hist = None
-        for s in scores.values():
-            keys = _ordered_keys(s).reshape(-1)
-            if shift != 24:
-                keys = keys[(keys >> (shift + 8)) == prefix]
-            byte = (keys >> 24) + 128 if shift == 24 else (keys >> shift) & 0xFF
-            h = torch.bincount(byte.long(), minlength=256)
-            hist = h if hist is None else hist + h
-        counts = hist.flip(0).cumsum(0)  # counts[j] = entries in the top j+1 buckets
-        j = int(torch.searchsorted(counts, torch.tensor(remaining, device=counts.device)).item())
-        bucket = 255 - j
-        above = int(counts[j - 1].item()) if j > 0 else 0
-        remaining -= above
-        prefix = (bucket - 128) if shift == 24 else prefix * 256 + bucket
-    return prefix, remaining
+    bracketed = _bracketed_threshold(scores, k)
+    return bracketed if bracketed is not None else radix_kth_largest_key(scores, k)
+
+
+def _bracketed_threshold(scores: Mapping[str, torch.Tensor], k: int) -> tuple[int, int] | None:
+    total = sum(s.numel() for s in scores.values())
+    if total <= 4 * _SAMPLE:
+        return None  # small: the radix select is as fast
+    stride = -(-total // _SAMPLE)
+    sample = torch.sort(torch.cat([s.detach().reshape(-1)[::stride].float() for s in scores.values()]),
+                        descending=True).values
+    m = sample.numel()
+    q = k / total
+    margin = 8 * (m * q * (1 - q)) ** 0.5 + 32
+    hi_rank, lo_rank = int(q * m - margin), int(q * m + margin)
+    hi = sample[hi_rank] if hi_rank >= 0 else None
+    lo = sample[lo_rank] if lo_rank < m else None
+    flats = [s.detach().reshape(-1) for s in scores.values()]
+
+    def band(flat: torch.Tensor) -> torch.Tensor:
+        inside = flat >= lo if lo is not None else torch.ones_like(flat, dtype=torch.bool)
+        return inside & (flat <= hi) if hi is not None else inside
+
+    # Counts stay on the device until one read for all tensors: no per-tensor host sync.
+    above = [torch.count_nonzero(flat > hi) for flat in flats] if hi is not None else []
+    in_band = torch.stack([torch.count_nonzero(band(flat)) for flat in flats]).tolist()
+    above_n = int(torch.stack(above).sum().item()) if above else 0
+    if not above_n < k <= above_n + sum(in_band):
+        return None
+    candidates = torch.cat([
+        flat[torch.nonzero_static(band(flat), size=count).squeeze(1)] for flat, count in zip(flats, in_band)
+    ])
+    value = torch.topk(candidates.float(), k - above_n).values[-1]
+    threshold = int(_ordered_keys(value.reshape(1)).item())
+    strictly_above = above_n + int((candidates > value).sum().item())
+    return threshold, k - strictly_above
+
+
+def radix_kth_largest_key(scores: Mapping[str, torch.Tensor], k: int) -> tuple[int, int]:
+    """(threshold key T, how many entries equal to T to take), exactly, by radix select.
+
+    Radix select over the 32 key bits in two 16-bit passes: the first histograms the high half of
+    every key, the second the low half of the keys whose high half is the one the k-th largest
+    falls in. Histograms are summed over the tensors, one tensor in memory at a time, and read
+    back once per pass.
+    """
+    hist = None
+    for s in scores.values():
+        keys = _ordered_keys(s).reshape(-1)
+        h = torch.bincount(keys.bitwise_right_shift(16).add_(32768), minlength=65536)
+        hist = h if hist is None else hist.add_(h)
+    high_bucket, remaining = _walk_down(hist, k)
+    high = high_bucket - 32768
+    hist = None
+    for s in scores.values():
+        keys = _ordered_keys(s).reshape(-1)
+        outside = keys.bitwise_right_shift(16) != high
+        low = keys.bitwise_and_(0xFFFF).masked_fill_(outside, 65536)  # bin 65536 collects the rest
+        h = torch.bincount(low, minlength=65537)
+        hist = h if hist is None else hist.add_(h)
+    low_bucket, remaining = _walk_down(hist[:65536], remaining)
+    return high * 65536 + low_bucket, remaining
+
+
+def _walk_down(hist: torch.Tensor, k: int) -> tuple[int, int]:
+    """The bucket holding the k-th largest entry (from the top) and k's rank inside it."""
+    counts = hist.flip(0).cumsum(0)  # counts[j] = entries in the top j+1 buckets
+    j = int(torch.searchsorted(counts, torch.tensor(k, device=counts.device)).item())
+    above = int(counts[j - 1].item()) if j > 0 else 0
+    return hist.numel() - 1 - j, k - above
 
 
 def top_k_mask(scores: Mapping[str, torch.Tensor], k: int) -> Mask:

@@ -69,13 +69,16 @@ def chance_jaccard(density: float) -> float:
 
 
 def average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """1-based ranks of a 1-D tensor with ties given their average rank (scipy's 'average'), float64."""
-    values, order = torch.sort(x.reshape(-1), stable=True)
-    _, counts = torch.unique_consecutive(values, return_counts=True)
-    ends = counts.cumsum(0).to(torch.float64)  # 1-based rank of the last member of each tie group
-    group_rank = ends - (counts.to(torch.float64) - 1) / 2
-    ranks = torch.empty(x.numel(), dtype=torch.float64, device=x.device)
-    ranks[order] = torch.repeat_interleave(group_rank, counts)
+    """1-based ranks of a 1-D tensor with ties given their average rank (scipy's 'average'), float64.
+
+    Each value's tie group spans [first, last] in sorted order, found by two binary searches,
+    so nothing waits on the host (no data-dependent output sizes).
+    """
+    values, order = torch.sort(x.reshape(-1))
+    first = torch.searchsorted(values, values, right=False)
+    last = torch.searchsorted(values, values, right=True)  # one past the group's last position
+    ranks = torch.empty(values.numel(), dtype=torch.float64, device=x.device)
+    ranks[order] = (first + last + 1).to(torch.float64) / 2
     return ranks
 
 

@@ -188,3 +188,22 @@ def test_structure_errors():
         sb.make_mask(scores, density=0.1, structure="diagonal")
     with pytest.raises(sb.SalienceBenchError, match="use density, not k"):
         sb.make_mask(scores, k=10, structure="row")
+
+
+def test_large_inputs_take_the_sampled_bracket_and_agree_with_radix_select():
+    from salience_bench.masks import _bracketed_threshold, kth_largest_key, radix_kth_largest_key
+
+    g = torch.Generator().manual_seed(8)
+    scores = {f"t{i}": (torch.randn(n, generator=g) * 50).round() / 50 for i, n in enumerate((2_000_000, 1_500_000, 1_700_003))}
+    flat = torch.cat(list(scores.values()))
+    for k in (1, 1000, 52_000, 2_600_000, flat.numel()):
+        fast = _bracketed_threshold(scores, k)
+        assert fast is not None  # the sample brackets these
+        assert fast == radix_kth_largest_key(scores, k)
+        kth_value = torch.topk(flat, k).values[-1]
+        assert int(flat.gt(kth_value).sum()) + fast[1] == k
+    # A sample that sees only the small entries misses the bracket; the exact route answers.
+    adversarial = torch.rand(5_000_000, generator=g) + 1.0
+    adversarial[::5] = 0.0  # the sample takes every 5th score (5e6 / 2^20, rounded up): it sees only zeros
+    assert _bracketed_threshold({"a": adversarial}, 1_000_000) is None
+    assert kth_largest_key({"a": adversarial}, 1_000_000) == radix_kth_largest_key({"a": adversarial}, 1_000_000)
