@@ -244,10 +244,25 @@ def run(args: argparse.Namespace) -> Path:
             raise SalienceBenchError(f"metrics {unmaskable} give one number per network and cannot drive --train")
     from .report import io as report_io
 
-    out_dir = report_io.prepare_output_dir(
-        args.out or Path("results") / f"compare-{started.strftime('%Y%m%d-%H%M%S')}", overwrite=args.overwrite
-    )
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    from . import distributed
+
+    if distributed.init_from_environment() and args.device == "auto":
+        device = distributed.local_device()
+    # Rank 0 owns the results folder; the others learn its name (or its error) from it.
+    prepared: str | SalienceBenchError = ""
+    if distributed.is_main():
+        try:
+            prepared = str(report_io.prepare_output_dir(
+                args.out or Path("results") / f"compare-{started.strftime('%Y%m%d-%H%M%S')}", overwrite=args.overwrite
+            ))
+        except SalienceBenchError as err:
+            prepared = err
+    prepared = distributed.broadcast_object(prepared)
+    if isinstance(prepared, SalienceBenchError):
+        raise prepared
+    out_dir = Path(prepared)
+    quiet = args.quiet or not distributed.is_main()
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     log(f"salience_bench.compare: metrics {', '.join(metrics)} → {out_dir}")
 
     import pandas as pd
@@ -278,21 +293,26 @@ def run(args: argparse.Namespace) -> Path:
         if needs_data else None
     )
     log(f"{len(params)} tensors, {eligible:,} eligible weights; "
-        + (f"{len(batches)} scoring batches of {args.batch_size}" if batches else "no data needed"))
+        + (f"{len(batches)} scoring batches of {args.batch_size}" if batches else "no data needed")
+        + (f", shared by {distributed.world_size()} processes" if distributed.active() else ""))
 
     t_score = time.perf_counter()
-    all_scores = score(model, batches, metrics, params=params, seed=args.seed, progress=not args.quiet,
-                       options={"lift_rank": args.lift_rank, "block_size": args.block_size})
+    all_scores = score(model, distributed.shard(batches) if batches else None, metrics, params=params, seed=args.seed,
+                       progress=not quiet, options={"lift_rank": args.lift_rank, "block_size": args.block_size})
     score_seconds = time.perf_counter() - t_score
     networks = network_scores(all_scores)
+    metrics = list(maskable(all_scores))  # from here on: the metrics that give masks
+    if not distributed.is_main():  # rank 0 analyses and writes; the others only help to train
+        if args.train:
+            _train(args, metrics, density, data, device, out_dir, log)
+        return out_dir
     scores = {m: {n: s.cpu() for n, s in per.items()} for m, per in maskable(all_scores).items()}
-    metrics = list(scores)  # from here on: the metrics that give masks
     masks = {m: make_mask(s, **mask_options(args, density)) for m, s in scores.items()}
     realised = (sum(int(x.sum()) for x in next(iter(masks.values())).values()) / eligible) if masks else density
 
     overlap = analysis.overlap_frame(masks) if len(metrics) > 1 else pd.DataFrame(columns=analysis.OVERLAP_COLUMNS)
     ranks = (analysis.rank_correlation_frame(scores, kendall_max_n=args.kendall_sample, seed=args.seed,
-                                             progress=not args.quiet)
+                                             progress=not quiet)
              if len(metrics) > 1 else pd.DataFrame(columns=analysis.RANK_COLUMNS))
     allocation = analysis.allocation_frame(masks) if masks else pd.DataFrame(columns=analysis.ALLOCATION_COLUMNS)
     if networks:
@@ -322,6 +342,7 @@ def run(args: argparse.Namespace) -> Path:
         "realised_density": realised,
         "chance_jaccard": chance_jaccard(realised),
         "scoring_batches": len(batches) if batches else 0,
+        "processes": distributed.world_size(),
         "scoring_seconds": score_seconds,
         "total_seconds": time.perf_counter() - t0,
         "started": started.isoformat(),
@@ -373,6 +394,10 @@ def _train(args, metrics, density, data, device, out_dir: Path, log) -> list[str
         load_model=load, train_data=data, eval_data=eval_data, device=device, progress=not args.quiet, log=log,
     )
     files = [DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV]
+    from . import distributed
+
+    if not distributed.is_main():
+        return files
     summary = summary_frame(rows)
     if not args.no_figures:
         from .report import figures

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .errors import SalienceBenchError
 from .models import eligible_parameters
 from .per_example import ExampleSquaredGradients, InputSquaredNorms, linear_modules_for
@@ -94,7 +95,9 @@ def accumulate(
     """Run the model over ``batches`` and return (the requested float32 accumulators, batch count).
 
     The model runs in eval mode (no dropout) so scores are deterministic; its training
-    mode, ``requires_grad`` flags and ``.grad`` fields are restored afterwards.
+    mode, ``requires_grad`` flags and ``.grad`` fields are restored afterwards. Under
+    torch.distributed each rank passes its own share of the batches; sums and counts are
+    all-reduced once at the end, so every rank gets the scores of all batches.
     """
     needs = set(needs)
     device = next(iter(params.values())).device
@@ -132,6 +135,12 @@ def accumulate(
                                 abs_sums[name].add_(g.abs())
                             p.grad = None
                 num_batches += 1
+        sums = [*grad_sums.values(), *abs_sums.values(), *(per_example.sums.values() if per_example else ()),
+                *(norms.sums.values() if norms else ())]
+        distributed.all_reduce_sum_(sums)
+        num_batches = int(distributed.all_reduce_count(num_batches, device))
+        if per_example is not None:
+            per_example.examples = int(distributed.all_reduce_count(per_example.examples, device))
         if num_batches == 0:
             raise SalienceBenchError("no scoring batches: the data iterable was empty")
         result: dict[str, dict[str, torch.Tensor]] = {}
@@ -174,7 +183,9 @@ def hessian_gradient_products(
             for n, hv in zip(names, products):
                 if hv is not None:
                     totals[n].add_(hv.float())
-    return {n: t.div_(len(batches)) for n, t in totals.items()}
+    distributed.all_reduce_sum_(totals.values())
+    count = distributed.all_reduce_count(len(batches), device)
+    return {n: t.div_(count) for n, t in totals.items()}
 
 
 def score(
@@ -233,12 +244,15 @@ def score(
                     **{need: accumulators[need][pname] for need in scorer.needs},
                 )
                 per_tensor[pname] = scorer(stats)
+        non_finite = []
         for pname, p in params.items():
             s = per_tensor[pname] = per_tensor[pname].to(torch.float32)
             if s.shape != p.shape:
                 raise SalienceBenchError(f"metric {scorer.name!r} returned shape {tuple(s.shape)} for {pname!r} {tuple(p.shape)}")
-            if not torch.isfinite(s).all():
-                bad = (~torch.isfinite(s)).sum().item()
+            non_finite.append(s.numel() - torch.isfinite(s).count_nonzero())
+        # One read per metric rather than one host sync per tensor.
+        for pname, bad in zip(params, torch.stack(non_finite).tolist()):
+            if bad:
                 raise SalienceBenchError(f"metric {scorer.name!r} produced {bad} NaN/inf scores in {pname!r}")
         scores[scorer.name] = per_tensor
     return scores

@@ -46,7 +46,7 @@ def taylor_fo(t: TensorStats) -> torch.Tensor:
 @register("grad_norm", needs={MEAN_GRAD}, source="zero-cost-nas 'grad_norm'")
 def grad_norm(t: TensorStats) -> torch.Tensor:
     """‖ḡ‖₂ of the whole tensor, broadcast to every weight (ranks tensors, not weights)."""
-    return torch.full_like(t.weight, torch.linalg.vector_norm(t.mean_grad).item())
+    return torch.linalg.vector_norm(t.mean_grad).expand(t.weight.shape).clone()  # no host sync
 
 
 @register("movement", needs={MEAN_GRAD}, source="Sanh et al. 2020 (movement pruning)")

@@ -127,4 +127,6 @@ def jacob_cov(ctx: ModelContext) -> float:
             values.append(jacobian_covariance_score(jac.reshape(jac.shape[0], -1)))
     finally:
         model.train(was_training)
-    return sum(values) / len(values)
+    from .. import distributed  # a mean over every rank's batches
+
+    return distributed.all_reduce_count(sum(values)) / distributed.all_reduce_count(len(values))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..data import TextDataset, make_batches
 from ..errors import SalienceBenchError
 from ..masks import make_mask, selection_count
@@ -169,10 +170,12 @@ def run_one(
     drift: list[dict] = []
     lora_rank = None
     if method == "sparse":
-        scoring_batches = make_batches(train_data, tokenizer, batch_size=config.score_batch_size,
-                                       num_batches=config.score_batches, max_length=config.max_length, seed=seed)
+        scoring_batches = distributed.shard(make_batches(
+            train_data, tokenizer, batch_size=config.score_batch_size, num_batches=config.score_batches,
+            max_length=config.max_length, seed=seed))
         masks = make_mask(score(model, scoring_batches, [metric], params=params, seed=seed, options=config.score_options)[metric],
                           **opts)
+        distributed.broadcast_masks_(masks)  # rank 0 decides
         freeze_all_but(model, head)
         engine = SparseDeltaEngine(model, masks)
         opt_params, lr = engine.parameters() + list(head.values()), config.lr
@@ -207,13 +210,14 @@ def run_one(
         def step(batch: dict) -> None:
             loss = model(**batch).loss
             loss.backward()
+            distributed.average_gradients_(opt_params)  # only the trainable state travels: O(k) for sparse
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if engine is not None:
                 engine.sync_weights()
 
         for i in tqdm(range(1, config.steps + 1), desc=label, unit="step", disable=not progress, leave=False):
-            batch = _to(next(stream), device)
+            batch = _to(distributed.shard_rows(next(stream)), device)  # each rank: its rows of the global batch
             recent.append(batch)
             if i == 1:  # counted, not timed: the flop counter slows the step it watches
                 flops_per_step = count_flops(lambda: step(batch))
@@ -230,6 +234,7 @@ def run_one(
                         fresh = score(model, list(recent), [metric], params=params, seed=seed,
                                       options=config.score_options)[metric]
                     new = make_mask(fresh, **opts)
+                    distributed.broadcast_masks_(new)
                     engine.update_masks(new, optimizer)
                     synchronize(device)
                 step_seconds += t[0]

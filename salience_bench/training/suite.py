@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .. import distributed
 from ..data import TextDataset
 from ..errors import SalienceBenchError
 from ..report import io as report_io
@@ -69,6 +70,7 @@ def run_suite(
     plan = planned_runs(metrics, baselines, seeds)
     todo = [(m, metric, seed) for m, metric, seed in plan
             if (m, metric, config.schedule if m == "sparse" else "", str(seed)) not in done]
+    todo = distributed.broadcast_object(todo)  # every rank runs what rank 0 found missing
     if len(todo) < len(plan):
         log(f"resuming: {len(plan) - len(todo)} of {len(plan)} downstream runs already in {out_dir / DOWNSTREAM_CSV}")
     for n, (method, metric, seed) in enumerate(todo, 1):
@@ -79,9 +81,10 @@ def run_suite(
         if result.drift:
             drift = pd.concat([drift, pd.DataFrame(result.drift, columns=DRIFT_COLUMNS)], ignore_index=True)
         curve = pd.concat([curve, pd.DataFrame(result.curve, columns=CURVE_COLUMNS)], ignore_index=True)
-        report_io.write_csv(drift, out_dir / DRIFT_CSV)
-        report_io.write_csv(curve, out_dir / CURVE_CSV)
-        report_io.write_csv(rows, out_dir / DOWNSTREAM_CSV)  # last: a run counts as done once it is here
+        if distributed.is_main():
+            report_io.write_csv(drift, out_dir / DRIFT_CSV)
+            report_io.write_csv(curve, out_dir / CURVE_CSV)
+            report_io.write_csv(rows, out_dir / DOWNSTREAM_CSV)  # last: a run counts as done once it is here
         r = result.row
         log(f"    accuracy {r['eval_accuracy']:.4f}, {r['seconds_per_step']:.3f} s/step, "
             f"trainable {r['trainable_params']:,} (+{r['head_params']:,} head)")

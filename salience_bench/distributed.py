@@ -1,0 +1,116 @@
+"""torch.distributed helpers: shard the work, all-reduce accumulators, let rank 0 write.
+
+Launch with ``torchrun --nproc_per_node=N -m salience_bench.compare ...``: every rank scores
+its share of the batches, the accumulators (sums and counts) are all-reduced once, and rank 0
+builds masks, analyses and writes. Works with gloo on CPU and NCCL on GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_environment() -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); True when distributed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return True
+
+
+def local_device() -> torch.device:
+    """This rank's GPU under torchrun (LOCAL_RANK), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This rank's share: items rank, rank + world, rank + 2·world, …"""
+    return list(items)[rank():: world_size()]
+
+
+def shard_rows(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This rank's rows of one batch (a global batch split across ranks)."""
+    if not active():
+        return dict(batch)
+    return {k: v[rank():: world_size()] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in batch.items()}
+
+
+def all_reduce_sum_(tensors: Iterable[torch.Tensor]) -> None:
+    """Sum each tensor over the ranks, in place (one flat buffer per dtype and device: few messages)."""
+    if not active():
+        return
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for group in groups.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for t in group:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def all_reduce_count(value: float, device: torch.device | str = "cpu") -> float:
+    if not active():
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item())
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def broadcast_masks_(masks: Mapping[str, torch.Tensor]) -> None:
+    """Make every rank's masks rank 0's (in place)."""
+    if not active():
+        return
+    for mask in masks.values():
+        as_bytes = mask.to(torch.uint8)
+        dist.broadcast(as_bytes, src=0)
+        mask.copy_(as_bytes.bool())
+
+
+def average_gradients_(params: Iterable[torch.nn.Parameter]) -> None:
+    """Mean of each trainable tensor's gradient over the ranks: O(trainable) communication."""
+    if not active():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    all_reduce_sum_(grads)
+    for g in grads:
+        g.div_(world_size())

@@ -1,0 +1,92 @@
+"""Two CPU processes (gloo) give the same scores, masks and training steps as one process."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import salience_bench as sb
+from salience_bench import distributed
+from salience_bench.scoring import maskable
+from salience_bench.training import SparseDeltaEngine
+from salience_bench.training.baselines import freeze_all_but, head_parameters
+
+from .conftest import tiny_args, tiny_batches, tiny_bert
+
+METRICS = ["grad", "snip", "fisher", "wanda", "spiel_grad", "grasp", "jacob_cov"]
+
+
+def work(batches_for_me, shard_rows):
+    """Scores, masks and the weights after three sparse steps, as this process sees them."""
+    torch.set_num_threads(1)
+    model = tiny_bert()
+    scores = sb.score(model, batches_for_me, METRICS)
+    masks = {m: sb.make_mask(s, density=0.1) for m, s in maskable(scores).items()}
+    head = head_parameters(model)
+    freeze_all_but(model, head)
+    engine = SparseDeltaEngine(model, masks["grad"])
+    params = engine.parameters() + list(head.values())
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    model.eval()  # no dropout: both setups compute the same function
+    for batch in tiny_batches(seed=9, num_batches=3, batch_size=4):
+        model(**shard_rows(batch)).loss.backward()
+        distributed.average_gradients_(params)
+        optimizer.step()
+        optimizer.zero_grad()
+        engine.sync_weights()
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return scores, masks, weights
+
+
+def _worker(rank, world, init_file, out_file):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        result = work(distributed.shard(tiny_batches(num_batches=4)), distributed.shard_rows)
+        if rank == 0:
+            torch.save(result, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_equal_one(tmp_path):
+    out_file = tmp_path / "rank0.pt"
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
+    scores2, masks2, weights2 = torch.load(out_file)
+    scores1, masks1, weights1 = work(tiny_batches(num_batches=4), lambda b: b)
+    for metric in METRICS:
+        for name, s in scores1[metric].items():
+            scale = float(s.abs().max())
+            torch.testing.assert_close(scores2[metric][name], s, rtol=1e-5, atol=1e-6 * scale, msg=(metric, name))
+    for metric in masks1:
+        for name in masks1[metric]:
+            assert torch.equal(masks1[metric][name], masks2[metric][name]), (metric, name)
+    for name, w in weights1.items():
+        torch.testing.assert_close(weights2[name], w, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+                    reason="torchrun is not on PATH")
+def test_torchrun_compare_writes_once_and_matches_one_process(tiny_model_dir, tmp_path):
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["--metrics", "grad,fisher,wanda", "--batches", "4", "--no-figures"]
+    two = subprocess.run(
+        [torchrun, "--nproc_per_node=2", "--master_port=29533", "-m", "salience_bench.compare",
+         *tiny_args(tiny_model_dir, tmp_path / "two", *common)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "salience_bench.compare", *tiny_args(tiny_model_dir, tmp_path / "one", *common)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1  # rank 0 alone reports and writes
+    for name in ("overlap.csv", "rank_correlation.csv", "allocation.csv"):
+        a, b = pd.read_csv(tmp_path / "one" / name), pd.read_csv(tmp_path / "two" / name)
+        pd.testing.assert_frame_equal(a, b, rtol=1e-5)
