@@ -44,7 +44,8 @@ def load_model_and_tokenizer(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         net = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, **({"dtype": dtype} if dtype is not None else {})
+            path, num_labels=num_labels, ignore_mismatched_sizes=True,  # a head of another size is replaced
+            **({"dtype": dtype} if dtype is not None else {})
         )
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -33,3 +33,8 @@ def test_bundled_model_loads_offline_with_a_new_head():
 def test_unknown_model_is_a_clear_error(tmp_path):
     with pytest.raises(sb.SalienceBenchError, match="cannot load model"):
         sb.load_model_and_tokenizer(str(tmp_path / "missing"))
+
+
+def test_a_checkpoint_with_another_head_size_loads_with_a_new_head(tiny_model_dir):
+    model, _ = sb.load_model_and_tokenizer(str(tiny_model_dir), num_labels=4, seed=0)
+    assert model.classifier.out_features == 4

@@ -21,7 +21,7 @@ FORMATS = ("png", "pdf")
 _BLOCK = re.compile(r"(?:^|\.)(\d+)\.")
 
 
-def _style() -> None:
+def paper_style() -> None:
     sns.set_theme(context="paper", style="whitegrid", font_scale=0.8)
     plt.rcParams.update({"figure.dpi": 150, "savefig.dpi": 300, "savefig.bbox": "tight", "pdf.fonttype": 42})
 
@@ -42,7 +42,7 @@ def save(fig: plt.Figure, out_dir: str | os.PathLike, stem: str) -> list[Path]:
 
 def pair_heatmap(matrix: pd.DataFrame, *, title: str, colorbar_label: str, vmin: float, vmax: float, cmap: str) -> plt.Figure:
     """A metric × metric heatmap, annotated when there are few enough metrics to read the numbers."""
-    _style()
+    paper_style()
     n = len(matrix)
     side = max(COLUMN_WIDTH_IN * 0.8, min(0.45 * n + 1.2, COLUMN_WIDTH_IN * 2))
     fig, ax = plt.subplots(figsize=(side + 0.6, side))
@@ -63,7 +63,7 @@ def pair_heatmap(matrix: pd.DataFrame, *, title: str, colorbar_label: str, vmin:
 
 def allocation_plot(allocation: pd.DataFrame, *, density: float | None, title: str) -> plt.Figure:
     """Fraction of each tensor selected by each metric's mask, tensors in model order."""
-    _style()
+    paper_style()
     per_layer = allocation[allocation["layer"] != ALL_LAYERS]
     layers = list(dict.fromkeys(per_layer["layer"]))
     position = {layer: i for i, layer in enumerate(layers)}
@@ -94,7 +94,7 @@ def allocation_plot(allocation: pd.DataFrame, *, density: float | None, title: s
 
 def accuracy_plot(summary: pd.DataFrame, *, title: str) -> plt.Figure:
     """Mean accuracy per method, with 95% t-interval error bars when several seeds ran."""
-    _style()
+    paper_style()
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 0.28 * len(summary) + 0.9))
     y = range(len(summary))
     errors = summary["accuracy_ci95"].fillna(0).to_numpy()
@@ -114,7 +114,7 @@ def accuracy_plot(summary: pd.DataFrame, *, title: str) -> plt.Figure:
 
 def accuracy_vs_memory_plot(summary: pd.DataFrame, *, title: str, memory_label: str) -> plt.Figure:
     """Accuracy against peak training memory, one labelled point per method."""
-    _style()
+    paper_style()
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, COLUMN_WIDTH_IN * 0.75))
     colors = sns.color_palette("colorblind", len(summary))
     mib = summary["peak_memory_bytes"] / 2**20
@@ -132,7 +132,7 @@ def accuracy_vs_memory_plot(summary: pd.DataFrame, *, title: str, memory_label: 
 
 def drift_plot(drift: pd.DataFrame, *, title: str) -> plt.Figure:
     """Dynamic-mask drift: Jaccard with the initial and previous mask, and the fraction ever selected."""
-    _style()
+    paper_style()
     fig, (left, right) = plt.subplots(1, 2, figsize=(COLUMN_WIDTH_IN * 1.6, COLUMN_WIDTH_IN * 0.65))
     long = drift.melt(id_vars=["metric", "seed", "step"], value_vars=["jaccard_initial", "jaccard_previous"],
                       var_name="against", value_name="jaccard")

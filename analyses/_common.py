@@ -1,0 +1,135 @@
+"""What every study shares: options, the bundled data, seeds and intervals, and the study's README."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import salience_bench as sb
+from salience_bench.report import io as report_io
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parser(study: str, question: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python analyses/{study}.py", description=question)
+    p.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores (fewer metrics, seeds, steps)")
+    p.add_argument("--model", default="bundled", help="'bundled', a local folder or a hub name (default: bundled)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--out", default=None, help=f"output folder (default: figures/{study})")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: 300; --quick: 30)")
+    return p
+
+
+def device_of(text: str) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if text == "auto" else torch.device(text)
+
+
+def out_dir(args, study: str) -> Path:
+    path = Path(args.out) if args.out else ROOT / "figures" / study
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def loader(model: str, num_labels: int):
+    """load(seed) → a fresh float32 model and its tokenizer (fp16 checkpoints are upcast)."""
+
+    def load(seed: int):
+        return sb.load_model_and_tokenizer(model, num_labels=num_labels, seed=seed, dtype=torch.float32)
+
+    return load
+
+
+def mean_ci(values) -> tuple[float, float, int]:
+    """(mean, half-width of the 95% t-interval, n); half-width NaN for one value."""
+    from scipy import stats
+
+    values = [float(v) for v in values]
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan, n
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n), n
+
+
+def fmt_ci(mean: float, half: float) -> str:
+    return f"{mean:.4f}" + ("" if half != half else f" ± {half:.4f}")
+
+
+def write_readme(path: Path, title: str, question: str, verdict: list[str], args, device: torch.device,
+                 started: float, tables: dict[str, pd.DataFrame] | None = None, figures: list[str] = ()) -> None:
+    """The study's README: question, verdict with numbers, the exact command and the device."""
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    lines = [f"# {title}", "", f"**Question.** {question}", "", "## Verdict", "", *verdict, ""]
+    for fig in figures:
+        lines += [f"![{fig}](figures/{fig}.png)", ""]
+    for name, table in (tables or {}).items():
+        lines += [f"### {name}", "", table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False), ""]
+    lines += [
+        "## How this was made", "",
+        f"- command: `python {' '.join(['analyses/' + Path(sys.argv[0]).name, *sys.argv[1:]])}`",
+        f"- device: {device_name}; torch {torch.__version__}; {time.time() - started:.0f} s",
+        f"- mode: {'quick (few metrics, seeds and steps: a smoke test, not evidence)' if args.quick else 'full'}",
+        f"- salience_bench commit: {report_io.git_commit() or 'unknown'}",
+        "- intervals: 95% t-intervals over seeds (mean ± half-width)", "",
+    ]
+    report_io.write_text(path / "README.md", "\n".join(lines))
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def save(fig, path: Path, stem: str) -> None:
+    from salience_bench.report import figures
+
+    figures.save(fig, path / "figures", stem)
+
+
+def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str, device: torch.device,
+             datasets: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every spec (method, metric, seed, dataset, plus study labels) not already in
+    ``out/name.csv``; each finished run is appended at once, so a rerun resumes.
+
+    ``make_config(spec)`` gives the TrainConfig; ``datasets[spec['dataset']]`` is (train, eval).
+    """
+    from salience_bench.training import run_one
+
+    csv, drift_csv = out / f"{name}.csv", out / f"{name}_drift.csv"
+    rows = pd.read_csv(csv, keep_default_na=False) if csv.exists() else pd.DataFrame()
+    drift = pd.read_csv(drift_csv) if drift_csv.exists() else pd.DataFrame()
+    done = set(rows["run_id"]) if len(rows) else set()
+    for n, spec in enumerate(specs, 1):
+        run_id = "|".join(f"{k}={spec[k]}" for k in sorted(spec))
+        if run_id in done:
+            continue
+        train, evaluation = datasets[spec["dataset"]]
+        print(f"[{n}/{len(specs)}] {run_id}", file=sys.stderr, flush=True)
+        result = run_one(spec["method"], spec.get("metric") or None, spec["seed"], make_config(spec),
+                         load_model=loader(model, train.num_labels), train_data=train, eval_data=evaluation,
+                         device=device, progress=False)
+        labels = {k: v for k, v in spec.items() if k not in result.row}
+        rows = pd.concat([rows, pd.DataFrame([{**labels, **result.row, "run_id": run_id}])], ignore_index=True)
+        if result.drift:
+            drift = pd.concat([drift, pd.DataFrame([{**d, "run_id": run_id} for d in result.drift])], ignore_index=True)
+            report_io.write_csv(drift, drift_csv)
+        report_io.write_csv(rows, csv)
+    return rows, drift

@@ -1,0 +1,94 @@
+"""Downstream accuracy against density: each metric's sparse fine-tuning and LoRA at the matched
+trainable count, over several seeds (mean with 95% t-intervals), on SST-2."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import _common  # noqa: E402
+import salience_bench as sb  # noqa: E402
+from salience_bench.report import figures  # noqa: E402
+from salience_bench.training import TrainConfig  # noqa: E402
+
+STUDY = "density_sweep"
+
+
+def summarise(rows: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for (label, density), group in rows.groupby(["label", "target_density"], sort=False):
+        mean, half, n = _common.mean_ci(group["eval_accuracy"])
+        out.append(dict(label=label, density=density, seeds=n, accuracy=mean, ci95=half,
+                        trainable_params=int(group["trainable_params"].iloc[0])))
+    return pd.DataFrame(out)
+
+
+def main(argv=None) -> None:
+    started = time.time()
+    args = _common.parser(STUDY, __doc__).parse_args(argv)
+    _common.quiet_transformers()
+    device = _common.device_of(args.device)
+    out = _common.out_dir(args, STUDY)
+    metrics = ["grad", "random"] if args.quick else ["grad", "snip", "fisher", "magnitude", "random", "lift"]
+    densities = [0.01, 0.05] if args.quick else [0.001, 0.01, 0.05]
+    seeds = [0, 1] if args.quick else [0, 1, 2]
+    steps = args.steps or (30 if args.quick else 300)
+    batch = 8 if args.quick else 32
+    specs = [dict(method="sparse", metric=m, target_density=d, seed=s, dataset="sst2", label=f"sparse {m}")
+             for d in densities for s in seeds for m in metrics]
+    specs += [dict(method="lora", metric="", target_density=d, seed=s, dataset="sst2", label="LoRA (matched)")
+              for d in densities for s in seeds]
+
+    def config(spec) -> TrainConfig:
+        return TrainConfig(steps=steps, batch_size=batch, score_batch_size=batch, score_batches=8 if not args.quick else 2,
+                           mask_options={"density": spec["target_density"], "scope": "global"})
+
+    data = {"sst2": (sb.load_dataset("sst2", "train"), sb.load_dataset("sst2", "validation"))}
+    rows, _ = _common.run_grid(out, "runs", specs, config, model=args.model, device=device, datasets=data)
+    summary = summarise(rows)
+    from salience_bench.report import io as report_io
+
+    report_io.write_csv(summary, out / "summary.csv")
+
+    figures.paper_style()
+    fig, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH_IN, 2.6))
+    for label, group in summary.groupby("label", sort=False):
+        style = dict(linestyle="--", color="black") if label.startswith("LoRA") else {}
+        ax.errorbar(group["density"], group["accuracy"], yerr=group["ci95"].fillna(0), marker="o", markersize=3,
+                    capsize=2, linewidth=1, label=label, **style)
+    ax.set_xscale("log")
+    ax.set_xlabel("density (fraction of block linear weights trained)")
+    ax.set_ylabel(f"SST-2 accuracy (mean ± 95% CI, {len(seeds)} seeds)")
+    ax.set_title(f"Accuracy vs density, {steps} steps", fontsize=8)
+    ax.legend(fontsize=5, ncols=2, frameon=False)
+    fig.tight_layout()
+    _common.save(fig, out, "accuracy_vs_density")
+
+    verdict = []
+    for density, group in summary.groupby("density"):
+        sparse = group[group.label.str.startswith("sparse")].sort_values("accuracy", ascending=False)
+        best, grad = sparse.iloc[0], sparse[sparse.label == "sparse grad"].iloc[0]
+        lora = group[group.label.str.startswith("LoRA")].iloc[0]
+        slack = (best.ci95 if best.ci95 == best.ci95 else 0) + (grad.ci95 if grad.ci95 == grad.ci95 else 0)
+        as_good = best.label == "sparse grad" or best.accuracy - grad.accuracy <= slack
+        beats_lora = grad.accuracy >= lora.accuracy
+        verdict.append(
+            f"- density {density:g} ({int(grad.trainable_params):,} weights): grad {_common.fmt_ci(grad.accuracy, grad.ci95)}; "
+            f"best metric {best.label.removeprefix('sparse ')} {_common.fmt_ci(best.accuracy, best.ci95)}; "
+            f"LoRA r matched {_common.fmt_ci(lora.accuracy, lora.ci95)}. Gradient as good as the best metric "
+            f"(intervals overlap): **{'holds' if as_good else 'does not hold'}**. Sparse grad ≥ LoRA (means): "
+            f"**{'holds' if beats_lora else 'does not hold'}**."
+        )
+    _common.write_readme(out, "Accuracy vs density", __doc__.replace("\n", " "), verdict, args, device, started,
+                         tables={"Summary": summary.round(4)}, figures=["accuracy_vs_density"])
+    print("\n".join(verdict))
+
+
+if __name__ == "__main__":
+    main()
