@@ -27,6 +27,14 @@ def parser(study: str, question: str) -> argparse.ArgumentParser:
     return p
 
 
+def start(study: str, question: str, argv=None):
+    """(args, device, output folder, start time) for a study, with transformers kept quiet."""
+    started = time.time()
+    args = parser(study, question).parse_args(argv)
+    quiet_transformers()
+    return args, device_of(args.device), out_dir(args, study), started
+
+
 def device_of(text: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu") if text == "auto" else torch.device(text)
 

@@ -4,7 +4,6 @@ trainable count, over several seeds (mean with 95% t-intervals), on SST-2."""
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,11 +29,7 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv=None) -> None:
-    started = time.time()
-    args = _common.parser(STUDY, __doc__).parse_args(argv)
-    _common.quiet_transformers()
-    device = _common.device_of(args.device)
-    out = _common.out_dir(args, STUDY)
+    args, device, out, started = _common.start(STUDY, __doc__, argv)
     metrics = ["grad", "random"] if args.quick else ["grad", "snip", "fisher", "magnitude", "random", "lift"]
     densities = [0.01, 0.05] if args.quick else [0.001, 0.01, 0.05]
     seeds = [0, 1] if args.quick else [0, 1, 2]

@@ -5,7 +5,6 @@ at densities 0.1%, 1% and 5%."""
 from __future__ import annotations
 
 import sys
-import time
 from itertools import combinations
 from pathlib import Path
 
@@ -30,11 +29,7 @@ def layer_type(name: str) -> str:
 
 
 def main(argv=None) -> None:
-    started = time.time()
-    args = _common.parser(STUDY, __doc__).parse_args(argv)
-    _common.quiet_transformers()
-    device = _common.device_of(args.device)
-    out = _common.out_dir(args, STUDY)
+    args, device, out, started = _common.start(STUDY, __doc__, argv)
     metrics = (["grad", "snip", "fisher", "magnitude", "random"] if args.quick
                else [m for m in sb.list_metrics() if sb.get_scorer(m).maskable])
     data = sb.load_dataset("sst2", "train")

@@ -5,7 +5,6 @@ seeds), trainable parameters, peak memory, FLOPs and time."""
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,11 +23,7 @@ EVAL_SPLIT = {"sst2": "validation", "ag_news": "test"}
 
 
 def main(argv=None) -> None:
-    started = time.time()
-    args = _common.parser(STUDY, __doc__).parse_args(argv)
-    _common.quiet_transformers()
-    device = _common.device_of(args.device)
-    out = _common.out_dir(args, STUDY)
+    args, device, out, started = _common.start(STUDY, __doc__, argv)
     steps = args.steps or (20 if args.quick else 300)
     seeds = [0] if args.quick else [0, 1, 2]
     batch = 8 if args.quick else 32

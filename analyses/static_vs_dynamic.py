@@ -5,7 +5,6 @@ re-selected every U steps)? grad and snip at 1% density on SST-2, several seeds:
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -21,11 +20,7 @@ STUDY = "static_vs_dynamic"
 
 
 def main(argv=None) -> None:
-    started = time.time()
-    args = _common.parser(STUDY, __doc__).parse_args(argv)
-    _common.quiet_transformers()
-    device = _common.device_of(args.device)
-    out = _common.out_dir(args, STUDY)
+    args, device, out, started = _common.start(STUDY, __doc__, argv)
     steps = args.steps or (20 if args.quick else 300)
     update_every = 5 if args.quick else 50
     seeds = [0, 1] if args.quick else [0, 1, 2]

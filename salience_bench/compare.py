@@ -21,14 +21,23 @@ DTYPES = ("float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be ≥ 1")
-    return value
+def _positive(kind: type, strict_name: str):
+    """An argparse type: a number of ``kind`` that must be > 0 (integers: ≥ 1)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {strict_name}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text} must be {'≥ 1' if kind is int else '> 0'}")
+        return value
+
+    return parse
+
+
+_positive_int = _positive(int, "an integer")
+_positive_float = _positive(float, "a number")
 
 
 def _density(text: str) -> float:
@@ -38,16 +47,6 @@ def _density(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not (0 < value <= 1) or math.isnan(value):
         raise argparse.ArgumentTypeError(f"density {text} must be in (0, 1]")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be > 0")
     return value
 
 
@@ -316,9 +315,7 @@ def run(args: argparse.Namespace) -> Path:
              if len(metrics) > 1 else pd.DataFrame(columns=analysis.RANK_COLUMNS))
     allocation = analysis.allocation_frame(masks) if masks else pd.DataFrame(columns=analysis.ALLOCATION_COLUMNS)
     if networks:
-        from .scorers import get_scorer as _get
-
-        report_io.write_csv(pd.DataFrame([(m, v, _get(m).description) for m, v in networks.items()],
+        report_io.write_csv(pd.DataFrame([(m, v, get_scorer(m).description) for m, v in networks.items()],
                                          columns=["metric", "score", "definition"]), out_dir / "network_scores.csv")
 
     report_io.write_csv(overlap, out_dir / "overlap.csv")

@@ -17,7 +17,7 @@ convention for classification), so the gradient of example ``n``'s own loss is
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -25,7 +25,25 @@ from torch import nn
 from .errors import SalienceBenchError
 
 
-class ExampleSquaredGradients:
+class _LinearHooks:
+    """Forward hooks on a set of linear modules, installed for the length of a ``with`` block."""
+
+    modules: dict[str, nn.Linear]
+
+    def _forward_hook(self, name: str):
+        raise NotImplementedError
+
+    @contextmanager
+    def hooked(self):
+        handles = [m.register_forward_hook(self._forward_hook(name)) for name, m in self.modules.items()]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+
+class ExampleSquaredGradients(_LinearHooks):
     """Accumulates Σₙ gₙ² (float32) for the weights of the given linear modules."""
 
     def __init__(self, modules: Mapping[str, nn.Linear]):
@@ -67,14 +85,6 @@ class ExampleSquaredGradients:
     def mean(self) -> dict[str, torch.Tensor]:
         return {name: s / max(self.examples, 1) for name, s in self.sums.items()}
 
-    @contextmanager
-    def hooked(self) -> Iterator["ExampleSquaredGradients"]:
-        handles = [m.register_forward_hook(self._forward_hook(name)) for name, m in self.modules.items()]
-        try:
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
 
 
 def linear_modules_for(
@@ -94,7 +104,7 @@ def linear_modules_for(
     return modules
 
 
-class InputSquaredNorms:
+class InputSquaredNorms(_LinearHooks):
     """Accumulates Σ over tokens of x_j² for each input column j of the given linear modules.
 
     Padded positions are left out when the batch's ``attention_mask`` has the input's leading
@@ -122,11 +132,3 @@ class InputSquaredNorms:
 
         return hook
 
-    @contextmanager
-    def hooked(self) -> Iterator["InputSquaredNorms"]:
-        handles = [m.register_forward_hook(self._forward_hook(name)) for name, m in self.modules.items()]
-        try:
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
