@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -59,19 +58,6 @@ def loader(model: str, num_labels: int):
         return sb.load_model_and_tokenizer(model, num_labels=num_labels, seed=seed, dtype=torch.float32)
 
     return load
-
-
-def mean_ci(values) -> tuple[float, float, int]:
-    """(mean, half-width of the 95% t-interval, n); half-width NaN for one value."""
-    from scipy import stats
-
-    values = [float(v) for v in values]
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan, n
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
-    return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n), n
 
 
 def fmt_ci(mean: float, half: float) -> str:

@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 import _common  # noqa: E402
 import salience_bench as sb  # noqa: E402
 from salience_bench.report import figures  # noqa: E402
+from salience_bench.stats import mean_ci  # noqa: E402
 from salience_bench.training import TrainConfig  # noqa: E402
 
 STUDY = "density_sweep"
@@ -22,7 +23,7 @@ STUDY = "density_sweep"
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (label, density), group in rows.groupby(["label", "target_density"], sort=False):
-        mean, half, n = _common.mean_ci(group["eval_accuracy"])
+        mean, half, n = mean_ci(group["eval_accuracy"])
         out.append(dict(label=label, density=density, seeds=n, accuracy=mean, ci95=half,
                         trainable_params=int(group["trainable_params"].iloc[0])))
     return pd.DataFrame(out)

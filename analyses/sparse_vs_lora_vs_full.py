@@ -16,6 +16,7 @@ import seaborn as sns  # noqa: E402
 import _common  # noqa: E402
 import salience_bench as sb  # noqa: E402
 from salience_bench.report import figures  # noqa: E402
+from salience_bench.stats import mean_ci  # noqa: E402
 from salience_bench.training import TrainConfig  # noqa: E402
 
 STUDY = "sparse_vs_lora_vs_full"
@@ -38,7 +39,7 @@ def main(argv=None) -> None:
     rows, _ = _common.run_grid(out, "runs", specs, config, model=args.model, device=device, datasets=data)
     table = []
     for (dataset, method), group in rows.groupby(["dataset", "method"], sort=False):
-        mean, half, n = _common.mean_ci(group.eval_accuracy)
+        mean, half, n = mean_ci(group.eval_accuracy)
         table.append(dict(dataset=dataset, method=method + (" grad 1%" if method == "sparse" else ""), seeds=n,
                           accuracy=mean, ci95=half, trainable=int(group.trainable_params.iloc[0]),
                           peak_memory_MiB=group.peak_memory_bytes.mean() / 2**20,

@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 import _common  # noqa: E402
 import salience_bench as sb  # noqa: E402
 from salience_bench.report import figures  # noqa: E402
+from salience_bench.stats import mean_ci  # noqa: E402
 from salience_bench.training import TrainConfig  # noqa: E402
 
 STUDY = "static_vs_dynamic"
@@ -39,9 +40,9 @@ def main(argv=None) -> None:
     for metric, group in rows.groupby("metric", sort=False):
         stat = group[group.schedule == "static"].sort_values("seed")
         dyn = group[group.schedule == "dynamic"].sort_values("seed")
-        s_mean, s_half, n = _common.mean_ci(stat.eval_accuracy)
-        d_mean, d_half, _ = _common.mean_ci(dyn.eval_accuracy)
-        diff_mean, diff_half, _ = _common.mean_ci(dyn.eval_accuracy.to_numpy() - stat.eval_accuracy.to_numpy())
+        s_mean, s_half, n = mean_ci(stat.eval_accuracy)
+        d_mean, d_half, _ = mean_ci(dyn.eval_accuracy)
+        diff_mean, diff_half, _ = mean_ci(dyn.eval_accuracy.to_numpy() - stat.eval_accuracy.to_numpy())
         cost = dyn.seconds_per_step.mean() / stat.seconds_per_step.mean()
         summary.append(dict(metric=metric, seeds=n, static=s_mean, static_ci95=s_half, dynamic=d_mean, dynamic_ci95=d_half,
                             dynamic_minus_static=diff_mean, difference_ci95=diff_half, dynamic_cost=cost))

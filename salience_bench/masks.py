@@ -177,7 +177,8 @@ def make_mask(
     if structure == "nm":
         if density is not None or k is not None:
             raise SalienceBenchError(f"structure 'nm' fixes the density at N/M={nm[0]}/{nm[1]}; give neither density nor k")
-        return {name: _nm_mask(s, *_check_nm(nm)) for name, s in scores.items()}
+        n, m = _check_nm(nm)
+        return {name: _nm_mask(s, n, m) for name, s in scores.items()}
     if (density is None) == (k is None):
         raise SalienceBenchError(f"give exactly one of density and k (got density={density}, k={k})")
     total = sum(s.numel() for s in scores.values())

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .errors import SalienceBenchError
+from .model_state import ScoringMode
 from .models import eligible_parameters
 from .per_example import ExampleSquaredGradients, InputSquaredNorms, linear_modules_for
 from .scorers import (
@@ -59,31 +60,6 @@ def _loss(model: nn.Module, batch: Mapping[str, torch.Tensor], index: int) -> to
     return loss
 
 
-class _ScoringMode:
-    """Eval mode, gradients only on the scored tensors; everything restored on exit."""
-
-    def __init__(self, model: nn.Module, params: Mapping[str, nn.Parameter]):
-        self.model, self.scored = model, {id(p) for p in params.values()}
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.requires_grad = {id(p): p.requires_grad for p in self.model.parameters()}
-        self.grads = {id(p): p.grad for p in self.model.parameters()}
-        self.model.eval()
-        for p in self.model.parameters():
-            # Only scored tensors need .grad; skipping the rest saves the embedding gradient.
-            p.requires_grad_(id(p) in self.scored)
-            p.grad = None
-        return self
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
-        for p in self.model.parameters():
-            p.requires_grad_(self.requires_grad[id(p)])
-            p.grad = self.grads[id(p)]
-        return False
-
-
 def accumulate(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
@@ -112,7 +88,7 @@ def accumulate(
              if INPUT_SQ_NORM in needs else None)
     num_batches = 0
     desc = progress if isinstance(progress, str) else "scoring"
-    with _ScoringMode(model, params), ExitStack() as hooks:
+    with ScoringMode(model, params), ExitStack() as hooks:
         for hook in (per_example, norms):
             if hook is not None:
                 hooks.enter_context(hook.hooked())
@@ -172,7 +148,7 @@ def hessian_gradient_products(
     # Fused attention kernels have no double backward; the math kernel is plain differentiable ops.
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with _ScoringMode(model, params), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+    with ScoringMode(model, params), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
         for i, batch in enumerate(tqdm(batches, desc="Hessian-vector products", unit="batch",
                                        disable=not progress, leave=False)):
             batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

@@ -180,3 +180,17 @@ def kendall_with_n(
     if pick is not None:
         x, y = x[pick], y[pick]
     return kendall_tau_b(x, y), x.numel()
+
+
+def mean_ci(values) -> tuple[float, float, int]:
+    """(mean, half-width of the 95% t-interval, n) of a few numbers (e.g. accuracies over seeds);
+    the half-width is NaN for a single value."""
+    from scipy import stats as scipy_stats
+
+    values = [float(v) for v in values]
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan, n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(scipy_stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n), n

@@ -90,3 +90,14 @@ def test_mismatched_inputs_raise():
         sb.spearman(torch.ones(3), torch.ones(4))
     with pytest.raises(sb.SalienceBenchError, match="different tensors"):
         sb.jaccard({"a": torch.ones(2, dtype=torch.bool)}, {"b": torch.ones(2, dtype=torch.bool)})
+
+
+def test_mean_ci_equals_scipy_t_interval():
+    from salience_bench.stats import mean_ci
+
+    values = [0.81, 0.79, 0.835, 0.802]
+    mean, half, n = mean_ci(values)
+    low, high = scipy.stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=scipy.stats.sem(values))
+    assert n == 4 and mean == pytest.approx(np.mean(values))
+    assert half == pytest.approx((high - low) / 2, rel=1e-12)
+    assert math.isnan(mean_ci([0.5])[1])

@@ -8,6 +8,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .. import distributed
+from ..model_state import ScoringMode
 from .registry import ModelContext, register
 
 _NONLINEAR = (nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Mish, nn.LayerNorm, nn.GroupNorm)
@@ -74,28 +76,17 @@ def synflow(ctx: ModelContext) -> dict[str, torch.Tensor]:
     """log |W ⊙ ∂R/∂W|, R = sum of outputs with weights |W|, no nonlinearities, all-ones input; data-free, float64 (log: same order, fits float32)."""
     model, params = ctx.model, ctx.params
     tokens = int(ctx.options.get("synflow_tokens", 8))
-    was_training = model.training
-    flags = {id(p): p.requires_grad for p in model.parameters()}
     device = next(iter(params.values())).device
-    try:
-        model.eval()
-        with absolute_float64(model), linearised(model):
-            for p in model.parameters():
-                p.requires_grad_(any(p is q for q in params.values()))
-            width = model.get_input_embeddings().embedding_dim
-            ones = torch.ones(1, tokens, width, dtype=torch.float64, device=device)
-            total = _logits(model(inputs_embeds=ones, attention_mask=torch.ones(1, tokens, dtype=torch.long, device=device))).sum()
-            names = list(params)
-            grads = torch.autograd.grad(total, [params[n] for n in names], allow_unused=True)
-            scores = {
-                n: log_score((params[n].detach() * (g if g is not None else torch.zeros_like(params[n]))).abs())
-                for n, g in zip(names, grads)
-            }
-    finally:
-        model.train(was_training)
-        for p in model.parameters():
-            p.requires_grad_(flags[id(p)])
-    return scores
+    with ScoringMode(model, params), absolute_float64(model), linearised(model), torch.enable_grad():
+        width = model.get_input_embeddings().embedding_dim
+        ones = torch.ones(1, tokens, width, dtype=torch.float64, device=device)
+        total = _logits(model(inputs_embeds=ones, attention_mask=torch.ones(1, tokens, dtype=torch.long, device=device))).sum()
+        names = list(params)
+        grads = torch.autograd.grad(total, [params[n] for n in names], allow_unused=True)
+        return {
+            n: log_score((params[n].detach() * (g if g is not None else torch.zeros_like(params[n]))).abs())
+            for n, g in zip(names, grads)
+        }
 
 
 def jacobian_covariance_score(jacobian: torch.Tensor, eps: float = 1e-5) -> float:
@@ -112,21 +103,15 @@ def jacob_cov(ctx: ModelContext) -> float:
     model = ctx.model
     device = next(iter(ctx.params.values())).device
     embed = model.get_input_embeddings()
-    was_training = model.training
     values = []
-    try:
-        model.eval()
+    with ScoringMode(model, ctx.params), torch.enable_grad():
         for batch in ctx.batches:
             batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
             ids = batch.pop("input_ids")
             batch.pop("labels", None)
             inputs = embed(ids).detach().requires_grad_(True)
-            with torch.enable_grad():
-                total = _logits(model(inputs_embeds=inputs, **batch)).sum()
-                (jac,) = torch.autograd.grad(total, [inputs])
+            total = _logits(model(inputs_embeds=inputs, **batch)).sum()
+            (jac,) = torch.autograd.grad(total, [inputs])
             values.append(jacobian_covariance_score(jac.reshape(jac.shape[0], -1)))
-    finally:
-        model.train(was_training)
-    from .. import distributed  # a mean over every rank's batches
-
+    # A mean over every rank's batches.
     return distributed.all_reduce_count(sum(values)) / distributed.all_reduce_count(len(values))

@@ -164,6 +164,7 @@ def run_one(
     opts = config.mask_options
     k = opts["k"] if opts.get("k") else selection_count(total, opts.get("density") or _nm_density(opts))
     head = head_parameters(model)
+    head_count = sum(p.numel() for p in head.values())
     eval_batches = make_batches(eval_data, tokenizer, batch_size=config.eval_batch_size, max_length=config.max_length,
                                 shuffle=False, sort_by_length=True)
     engine: SparseDeltaEngine | None = None
@@ -187,19 +188,25 @@ def run_one(
     elif method == "full":
         freeze_all_but(model, dict(model.named_parameters()))
         opt_params, lr = trainable(model), config.full_lr
-        trainable_count = sum(p.numel() for p in opt_params) - sum(p.numel() for p in head.values())
+        trainable_count = sum(p.numel() for p in opt_params) - head_count
     else:
         lora_rank = matched_lora_rank(k, params)
         freeze_all_but(model, {})
         model = wrap_lora(model, params, rank=lora_rank, init="pissa_niter_4" if method == "pissa" else True)
         opt_params, lr = trainable(model), config.lr
         trainable_count = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n)
-    head_count = sum(p.numel() for p in head.values())
 
     stream = training_stream(train_data, tokenizer, batch_size=config.batch_size, max_length=config.max_length,
                              seed=seed, group_by_length=config.group_by_length)
     recent: deque = deque(maxlen=min(config.score_batches, config.mask_update_every or 1))
     curve: list[dict] = []
+
+    def evaluate_into_curve(step_number: int) -> tuple[float, float]:
+        acc, loss = evaluate(model, eval_batches, device)
+        curve.append(dict(method=method, metric=metric, mask_schedule=_schedule(method, config), seed=seed,
+                          step=step_number, eval_accuracy=acc, eval_loss=loss))
+        return acc, loss
+
     label = f"{method}{'/' + metric if metric else ''} seed {seed}"
     model.train()
     flops_per_step = 0
@@ -243,13 +250,9 @@ def run_one(
                 drift.append(_drift_row(metric, seed, i, new, initial, previous, ever, total))
                 previous = new
             if config.eval_every and i % config.eval_every == 0 and i < config.steps:
-                acc, loss = evaluate(model, eval_batches, device)
-                curve.append(dict(method=method, metric=metric, mask_schedule=_schedule(method, config), seed=seed,
-                                  step=i, eval_accuracy=acc, eval_loss=loss))
+                evaluate_into_curve(i)
         state_bytes = optimizer_state_bytes(optimizer)
-    accuracy, eval_loss = evaluate(model, eval_batches, device)
-    curve.append(dict(method=method, metric=metric, mask_schedule=_schedule(method, config), seed=seed,
-                      step=config.steps, eval_accuracy=accuracy, eval_loss=eval_loss))
+    accuracy, eval_loss = evaluate_into_curve(config.steps)
     timed_steps = max(config.steps - 1, 1)
     row = dict(
         method=method, metric=metric if method == "sparse" else "", density=k / total if method != "full" else 1.0,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -14,6 +13,7 @@ from .. import distributed
 from ..data import TextDataset
 from ..errors import SalienceBenchError
 from ..report import io as report_io
+from ..stats import mean_ci
 from .loop import CURVE_COLUMNS, DOWNSTREAM_COLUMNS, DRIFT_COLUMNS, TrainConfig, run_one
 
 DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV = "downstream.csv", "drift.csv", "eval_curve.csv"
@@ -93,15 +93,11 @@ def run_suite(
 
 def summary_frame(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean accuracy per run label with a 95% t-interval over seeds (half-width; NaN for one seed)."""
-    from scipy import stats as scipy_stats
-
     labelled = rows.assign(run=run_labels(rows))
     out = []
     for label, group in labelled.groupby("run", sort=False):
-        acc = group["eval_accuracy"].astype(float)
-        n = len(acc)
-        half = (scipy_stats.t.ppf(0.975, n - 1) * acc.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-        out.append(dict(run=label, seeds=n, accuracy_mean=acc.mean(), accuracy_ci95=half,
+        mean, half, n = mean_ci(group["eval_accuracy"])
+        out.append(dict(run=label, seeds=n, accuracy_mean=mean, accuracy_ci95=half,
                         trainable_params=int(group["trainable_params"].iloc[0]),
                         peak_memory_bytes=group["peak_memory_bytes"].astype(float).mean(),
                         seconds_per_step=group["seconds_per_step"].astype(float).mean(),
