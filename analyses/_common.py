@@ -12,6 +12,8 @@ import torch
 
 import salience_bench as sb
 from salience_bench.report import io as report_io
+from salience_bench.report.runlog import RunLog
+from salience_bench.runtime import quiet_transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,24 +33,17 @@ def start(study: str, question: str, argv=None):
     started = time.time()
     args = parser(study, question).parse_args(argv)
     quiet_transformers()
-    return args, device_of(args.device), out_dir(args, study), started
-
-
-def device_of(text: str) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if text == "auto" else torch.device(text)
+    try:
+        device = sb.resolve_device(args.device)
+    except sb.SalienceBenchError as err:
+        sys.exit(f"error: {err}")
+    return args, device, out_dir(args, study), started
 
 
 def out_dir(args, study: str) -> Path:
     path = Path(args.out) if args.out else ROOT / "figures" / study
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def quiet_transformers() -> None:
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
 
 
 def loader(model: str, num_labels: int):
@@ -105,25 +100,21 @@ def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str
 
     ``make_config(spec)`` gives the TrainConfig; ``datasets[spec['dataset']]`` is (train, eval).
     """
-    from salience_bench.training import run_one
+    from salience_bench.training import RunInputs, run_one
 
-    csv, drift_csv = out / f"{name}.csv", out / f"{name}_drift.csv"
-    rows = pd.read_csv(csv, keep_default_na=False) if csv.exists() else pd.DataFrame()
-    drift = pd.read_csv(drift_csv) if drift_csv.exists() else pd.DataFrame()
-    done = set(rows["run_id"]) if len(rows) else set()
+    def run_id(spec: dict) -> str:
+        return "|".join(f"{k}={spec[k]}" for k in sorted(spec))
+
+    runs = RunLog(out, {"drift": f"{name}_drift.csv", "rows": f"{name}.csv"}, key=lambda row: row["run_id"])
+    done = runs.done
     for n, spec in enumerate(specs, 1):
-        run_id = "|".join(f"{k}={spec[k]}" for k in sorted(spec))
-        if run_id in done:
+        if run_id(spec) in done:
             continue
         train, evaluation = datasets[spec["dataset"]]
-        print(f"[{n}/{len(specs)}] {run_id}", file=sys.stderr, flush=True)
+        print(f"[{n}/{len(specs)}] {run_id(spec)}", file=sys.stderr, flush=True)
         result = run_one(spec["method"], spec.get("metric") or None, spec["seed"], make_config(spec),
-                         load_model=loader(model, train.num_labels), train_data=train, eval_data=evaluation,
-                         device=device, progress=False)
+                         RunInputs(loader(model, train.num_labels), train, evaluation, device), progress=False)
         labels = {k: v for k, v in spec.items() if k not in result.row}
-        rows = pd.concat([rows, pd.DataFrame([{**labels, **result.row, "run_id": run_id}])], ignore_index=True)
-        if result.drift:
-            drift = pd.concat([drift, pd.DataFrame([{**d, "run_id": run_id} for d in result.drift])], ignore_index=True)
-            report_io.write_csv(drift, drift_csv)
-        report_io.write_csv(rows, csv)
-    return rows, drift
+        runs.add({"drift": [{**d, "run_id": run_id(spec)} for d in result.drift],
+                  "rows": [{**labels, **result.row, "run_id": run_id(spec)}]})
+    return runs.tables["rows"], runs.tables["drift"]

@@ -43,7 +43,7 @@ def main(argv=None) -> None:
 
     def config(spec) -> TrainConfig:
         return TrainConfig(steps=steps, batch_size=batch, score_batch_size=batch, score_batches=8 if not args.quick else 2,
-                           mask_options={"density": spec["target_density"], "scope": "global"})
+                           mask=sb.MaskSpec(density=spec["target_density"]))
 
     data = {"sst2": (sb.load_dataset("sst2", "train"), sb.load_dataset("sst2", "validation"))}
     rows, _ = _common.run_grid(out, "runs", specs, config, model=args.model, device=device, datasets=data)

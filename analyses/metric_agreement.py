@@ -32,12 +32,10 @@ def main(argv=None) -> None:
     args, device, out, started = _common.start(STUDY, __doc__, argv)
     metrics = (["grad", "snip", "fisher", "magnitude", "random"] if args.quick
                else [m for m in sb.list_metrics() if sb.get_scorer(m).maskable])
-    data = sb.load_dataset("sst2", "train")
-    model, tokenizer = _common.loader(args.model, data.num_labels)(0)
-    model.to(device)
-    batches = sb.make_batches(data, tokenizer, batch_size=32 if not args.quick else 8,
-                              num_batches=8 if not args.quick else 2, max_length=64, seed=0)
-    scores = sb.score(model, batches, metrics, progress=True)  # stays on the device: the statistics run there
+    config = sb.CompareConfig(metrics=tuple(metrics), model=args.model, dataset="sst2", seed=0, device=str(device),
+                              batch_size=32 if not args.quick else 8, batches=8 if not args.quick else 2, max_length=64)
+    # The scores stay on the device: the statistics below run there.
+    scores = sb.run_comparison(config, tables=False, on_device=True, progress=True).scores
     names = list(next(iter(scores.values())))
     groups = {"all": names, "attention": [n for n in names if layer_type(n) == "attention"],
               "mlp": [n for n in names if layer_type(n) == "mlp"]}

@@ -33,7 +33,7 @@ def main(argv=None) -> None:
 
     def config(spec) -> TrainConfig:
         return TrainConfig(steps=steps, batch_size=batch, score_batch_size=batch, score_batches=8 if not args.quick else 2,
-                           mask_options={"density": 0.01, "scope": "global"})
+                           mask=sb.MaskSpec(density=0.01))
 
     data = {d: (sb.load_dataset(d, "train"), sb.load_dataset(d, split)) for d, split in EVAL_SPLIT.items()}
     rows, _ = _common.run_grid(out, "runs", specs, config, model=args.model, device=device, datasets=data)

@@ -31,7 +31,7 @@ def main(argv=None) -> None:
 
     def config(spec) -> TrainConfig:
         return TrainConfig(steps=steps, batch_size=batch, score_batch_size=batch, score_batches=8 if not args.quick else 2,
-                           mask_options={"density": 0.01, "scope": "global"},
+                           mask=sb.MaskSpec(density=0.01),
                            mask_update_every=update_every if spec["schedule"] == "dynamic" else None)
 
     data = {"sst2": (sb.load_dataset("sst2", "train"), sb.load_dataset("sst2", "validation"))}

@@ -3,16 +3,16 @@
 import torch
 
 import salience_bench as sb
-from salience_bench.training import SparseDeltaEngine, wrap_lora
-from salience_bench.training.baselines import (
-    dense_masked_step_reference,
+from salience_bench.training import (
+    SparseDeltaEngine,
     freeze_all_but,
     head_parameters,
     lora_parameters_per_rank,
+    optimizer_state_bytes,
+    wrap_lora,
 )
-from salience_bench.training.sparse import optimizer_state_bytes
 
-from .common import pin_threads, small_bert, token_batches
+from .common import dense_masked_gradients_, pin_threads, small_bert, token_batches
 
 
 class TrainStep:
@@ -51,7 +51,7 @@ class TrainStep:
     def step(self):
         self.model(**self.batch).loss.backward()
         if self.method == "dense-masked":
-            dense_masked_step_reference(self.model, self.masks)
+            dense_masked_gradients_(self.model, self.masks)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.engine is not None:

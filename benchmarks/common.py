@@ -12,9 +12,10 @@ def pin_threads(n: int = 1) -> None:
 
 def small_bert(hidden: int = 128, layers: int = 2, vocab: int = 1000, seed: int = 0):
     from transformers import BertConfig, BertForSequenceClassification
-    from transformers.utils import logging
 
-    logging.set_verbosity_error()
+    from salience_bench.runtime import quiet_transformers
+
+    quiet_transformers()
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                         intermediate_size=4 * hidden, max_position_embeddings=128, num_labels=2)
@@ -40,3 +41,11 @@ def score_dict(total: int, tensors: int = 20, seed: int = 0) -> dict[str, torch.
     sizes = (weights / weights.sum() * total).long()
     sizes[-1] += total - int(sizes.sum())
     return {f"t{i}": torch.rand(int(n), generator=g) for i, n in enumerate(sizes)}
+
+
+def dense_masked_gradients_(model, masks) -> None:
+    """The naive route sparse fine-tuning is measured against: dense gradients multiplied by the masks."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        if params[name].grad is not None:
+            params[name].grad.mul_(mask.to(params[name].grad.dtype))

@@ -24,9 +24,15 @@ import time
 import torch
 
 import salience_bench as sb
-from salience_bench.training import SparseDeltaEngine, wrap_lora
-from salience_bench.training.baselines import dense_masked_step_reference, freeze_all_but, lora_parameters_per_rank
-from salience_bench.training.sparse import optimizer_state_bytes
+from salience_bench.training import (
+    SparseDeltaEngine,
+    freeze_all_but,
+    lora_parameters_per_rank,
+    optimizer_state_bytes,
+    wrap_lora,
+)
+
+from .common import dense_masked_gradients_
 
 
 def build_model(args, device):
@@ -85,7 +91,7 @@ def run_method(method: str, args, device) -> dict:
         t = time.perf_counter()
         model(**batch).loss.backward()
         if method == "dense-masked":
-            dense_masked_step_reference(model, masks)
+            dense_masked_gradients_(model, masks)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if engine is not None:

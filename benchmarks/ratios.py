@@ -23,6 +23,7 @@ import torch
 
 import salience_bench as sb
 from salience_bench.models import eligible_parameters
+from salience_bench.runtime import quiet_transformers, to_device
 
 FIVE = ["grad", "snip", "plain", "taylor_fo", "magnitude"]
 
@@ -55,8 +56,9 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--p2-n", type=float, default=None, help="scores for P2 (default: 1e9 on CUDA, 1e8 on CPU)")
     parser.add_argument("--p3-n", type=float, default=1e7, help="entries for P3 (default: 1e7)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     args = parser.parse_args(argv)
+    args.device = str(sb.resolve_device(args.device))
     only = {x.strip().upper() for x in args.only.split(",")}
     print(f"device={args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}) "
           f"torch={torch.__version__} threads={torch.get_num_threads()}")
@@ -168,10 +170,7 @@ def p3(args) -> None:
 
 
 def p1(args) -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     if args.synthetic:
         from transformers import BertConfig, BertForSequenceClassification
 
@@ -189,7 +188,7 @@ def p1(args) -> None:
         model, tok = sb.load_model_and_tokenizer(args.model, num_labels=2)
         model.to(args.device)
         batches = [
-            {k: v.to(args.device) for k, v in b.items()}
+            to_device(b, args.device)
             for b in sb.make_batches(data, tok, batch_size=args.batch_size, num_batches=args.batches,
                                      max_length=args.max_length)
         ]

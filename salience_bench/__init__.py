@@ -7,34 +7,88 @@ Public API::
     scores = sb.score(model, batches, metrics=["grad", "snip", "fisher"])
     mask = sb.make_mask(scores["grad"], density=0.01, scope="global")
     sb.jaccard(mask_a, mask_b); sb.spearman(scores_a, scores_b)
+
+    # the whole comparison, as the CLI runs it
+    result = sb.run_comparison(sb.CompareConfig(metrics=("grad", "snip"), mask=sb.MaskSpec(density=0.01)))
+    sb.write_comparison(result, "results/my-run")
 """
 
 from .errors import SalienceBenchError
-from .masks import make_mask, selection_count
+from .accumulators import Accumulator, list_accumulators, register_accumulator
+from .masks import MaskSpec, make_mask, selection_count
 from .models import eligible_parameters, load_model_and_tokenizer
 from .data import load_dataset, make_batches
-from .scorers import TensorStats, describe_metrics, get_scorer, list_metrics, register, resolve_metrics
-from .scoring import score
+from .runtime import resolve_device
+from .distributed import is_main as is_main_process
+from .scorers import (
+    ModelContext,
+    Option,
+    TensorStats,
+    describe_metrics,
+    get_scorer,
+    list_metrics,
+    register,
+    register_model_scorer,
+    resolve_metrics,
+    scorer_options,
+)
+from .scoring import Scores, score
 from .stats import chance_jaccard, jaccard, kendall, overlap_coefficient, spearman
+from .training import TrainingMethod, list_baselines, list_methods, register_method
+from .pipeline import (
+    DTYPES,
+    CompareConfig,
+    Comparison,
+    Downstream,
+    TrainingPlan,
+    prepare_output,
+    run_comparison,
+    run_downstream,
+    write_comparison,
+)
 
 __all__ = [
+    "Accumulator",
+    "CompareConfig",
+    "Comparison",
+    "DTYPES",
+    "Downstream",
+    "MaskSpec",
+    "ModelContext",
+    "Option",
     "SalienceBenchError",
+    "Scores",
     "TensorStats",
+    "TrainingMethod",
+    "TrainingPlan",
     "chance_jaccard",
     "describe_metrics",
     "eligible_parameters",
     "get_scorer",
+    "is_main_process",
     "jaccard",
     "kendall",
+    "list_accumulators",
+    "list_baselines",
+    "list_methods",
     "list_metrics",
     "load_dataset",
     "load_model_and_tokenizer",
     "make_batches",
     "make_mask",
     "overlap_coefficient",
+    "prepare_output",
     "register",
+    "register_accumulator",
+    "register_method",
+    "register_model_scorer",
+    "resolve_device",
     "resolve_metrics",
+    "run_comparison",
+    "run_downstream",
     "score",
+    "scorer_options",
     "selection_count",
     "spearman",
+    "write_comparison",
 ]

@@ -7,7 +7,8 @@ import gzip
 import io
 from dataclasses import dataclass
 from importlib import resources
-from typing import Iterator
+import itertools
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -80,14 +81,17 @@ def _read_hub(spec: str, split: str) -> TextDataset:
     return TextDataset(spec, split, list(ds[text_column]), [int(x) for x in ds["label"]])
 
 
+def check_dataset_name(name: str) -> str:
+    """``name`` if it names a dataset this package can load (no loading yet), else a clear error."""
+    if not isinstance(name, str) or (name not in BUNDLED and not (name.startswith("hf:") and len(name) > 3)):
+        raise SalienceBenchError(f"unknown dataset {name!r}; valid: {', '.join(DATASET_CHOICES)}")
+    return name
+
+
 def load_dataset(name: str = "sst2", split: str = "train") -> TextDataset:
     """A text-classification split: bundled ``sst2`` / ``ag_news`` (offline), or ``hf:<name>[/<config>]``."""
-    if name in BUNDLED:
-        data = _read_bundled(name, split)
-    elif name.startswith("hf:") and len(name) > 3:
-        data = _read_hub(name[3:], split)
-    else:
-        raise SalienceBenchError(f"unknown dataset {name!r}; valid: {', '.join(DATASET_CHOICES)}")
+    check_dataset_name(name)
+    data = _read_bundled(name, split) if name in BUNDLED else _read_hub(name[3:], split)
     if not data.texts:
         raise SalienceBenchError(f"dataset {name!r} split {split!r} is empty")
     return data
@@ -135,6 +139,39 @@ def make_batches(
     return batches
 
 
-def iter_to_device(batches, device: torch.device | str) -> Iterator[dict[str, torch.Tensor]]:
-    for batch in batches:
-        yield {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+def batch_examples(batch: Mapping[str, Any]) -> int:
+    """Examples in a batch dict: the leading size of its first tensor with a dimension."""
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    raise SalienceBenchError("a scoring batch holds no tensors; batches must be dicts accepted by model(**batch)")
+
+
+def training_stream(
+    data: TextDataset, tokenizer, *, batch_size: int, max_length: int, seed: int, group_by_length: bool = True
+) -> Iterator[dict]:
+    """Endless shuffled epochs of tokenised batches (seeded; a new order each epoch).
+
+    With ``group_by_length`` (as Hugging Face Trainer's option of that name), each run of 50
+    batches' worth of shuffled examples is sorted by length before it is cut into batches, and
+    the batches are then shuffled: every batch is still a random draw of similar-length
+    examples, but far less of it is padding.
+    """
+    lengths = [len(t.split()) for t in data.texts] if group_by_length else None
+    for epoch in itertools.count():
+        generator = torch.Generator().manual_seed(seed * 7919 + epoch)
+        order = torch.randperm(len(data), generator=generator).tolist()
+        usable = len(order) - len(order) % batch_size
+        batches = []
+        span = batch_size * 50
+        for start in range(0, usable, span):
+            chunk = order[start : min(start + span, usable)]
+            if lengths is not None:
+                chunk = sorted(chunk, key=lambda i: lengths[i])
+            batches.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
+        if lengths is not None:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        for idx in batches:
+            enc = tokenizer([data.texts[i] for i in idx], padding=True, truncation=True,
+                            max_length=max_length, return_tensors="pt")
+            yield {**enc, "labels": torch.tensor([data.labels[i] for i in idx])}

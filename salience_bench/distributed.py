@@ -29,6 +29,7 @@ def world_size() -> int:
 
 
 def is_main() -> bool:
+    """True in the process that analyses and writes (rank 0, or the only process)."""
     return rank() == 0
 
 

@@ -12,6 +12,7 @@ scores therefore always give bitwise-identical masks.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Mapping
 
 import torch
@@ -142,6 +143,107 @@ def top_k_mask(scores: Mapping[str, torch.Tensor], k: int) -> Mask:
     return masks
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """How scores become a mask: size (``density`` or ``k``), ``scope``, ``structure`` and its settings.
+
+    Validated once, here, whoever builds it (the CLI, :func:`make_mask`, a study or training).
+    ``density`` d ∈ (0, 1] selects exactly round(d·N) entries (N = all eligible weights for
+    ``scope="global"``, each tensor's own size for ``scope="layer"``); ``k`` selects exactly k entries
+    globally. Give one of the two (neither for ``structure="nm"``, whose density is N/M).
+    """
+
+    density: float | None = None
+    k: int | None = None
+    scope: str = "global"
+    structure: str = "unstructured"
+    block_size: int = 64
+    nm: tuple[int, int] = (2, 4)
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise SalienceBenchError(f"unknown scope {self.scope!r}; valid: {', '.join(SCOPES)}")
+        if self.structure not in STRUCTURES:
+            raise SalienceBenchError(f"unknown structure {self.structure!r}; valid: {', '.join(STRUCTURES)}")
+        if not _is_int(self.block_size) or self.block_size < 1:
+            raise SalienceBenchError(f"block size {self.block_size!r} must be an integer ≥ 1")
+        nm = tuple(self.nm) if isinstance(self.nm, (tuple, list)) else self.nm
+        if not (isinstance(nm, tuple) and len(nm) == 2 and all(_is_int(x) for x in nm) and 0 < nm[0] <= nm[1]):
+            raise SalienceBenchError(f"N:M must be two integers with 0 < N ≤ M, got {self.nm!r}")
+        object.__setattr__(self, "nm", nm)
+        if self.structure == "nm":
+            if self.density is not None or self.k is not None:
+                raise SalienceBenchError(
+                    f"structure 'nm' fixes the density at N/M={nm[0]}/{nm[1]}; give neither density nor k")
+            return
+        if (self.density is None) == (self.k is None):
+            raise SalienceBenchError(f"give exactly one of density and k (got density={self.density}, k={self.k})")
+        if self.k is not None:
+            if not _is_int(self.k) or self.k < 1:
+                raise SalienceBenchError(f"k={self.k!r} must be an integer between 1 and the number of eligible weights")
+            if self.scope != "global":
+                raise SalienceBenchError(f"k={self.k} is a global count; use density with scope={self.scope!r}")
+            if self.structure == "row":
+                raise SalienceBenchError("structure 'row' selects a fraction of every row; use density, not k")
+        elif isinstance(self.density, bool) or not isinstance(self.density, (int, float)) or not 0 < self.density <= 1:
+            raise SalienceBenchError(f"density={self.density!r} must be in (0, 1]")
+
+    @property
+    def target_density(self) -> float | None:
+        """The fraction asked for (N/M for ``nm``); None when sized by ``k``."""
+        return self.nm[0] / self.nm[1] if self.structure == "nm" else self.density
+
+    def count(self, total: int) -> int:
+        """The number of weights this spec aims at among ``total`` eligible ones."""
+        return self.k if self.k is not None else selection_count(total, self.target_density)
+
+    def check_total(self, total: int) -> None:
+        """Refuse a ``k`` larger than the ``total`` eligible weights."""
+        if self.k is not None and self.k > total:
+            raise SalienceBenchError(f"k={self.k} is larger than the {total} eligible weights")
+
+    def apply(self, scores: Mapping[str, torch.Tensor]) -> Mask:
+        """Boolean masks for ``scores`` (see :func:`make_mask`)."""
+        if not scores:
+            raise SalienceBenchError("no scores to mask: the score dict is empty")
+        for name, s in scores.items():
+            if not isinstance(s, torch.Tensor):
+                raise SalienceBenchError(f"scores of {name!r} must be a tensor, got {type(s).__name__}")
+            if s.is_floating_point() and not torch.isfinite(s).all():
+                raise SalienceBenchError(f"scores of {name!r} contain NaN or inf; cannot rank them")
+        total = sum(s.numel() for s in scores.values())
+        if self.k is not None and self.k > total:
+            raise SalienceBenchError(
+                f"k={self.k!r} must be an integer between 1 and the number of eligible weights ({total})")
+        if self.structure == "nm":
+            return {name: _nm_mask(s, *self.nm) for name, s in scores.items()}
+        if self.structure == "row":
+            return {name: _row_mask(s, self.density) for name, s in scores.items()}
+        if self.structure == "block":
+            block = self.block_size
+            tiles = {name: block_sums(_as_2d(s), block) for name, s in scores.items()}
+            tile_k = None if self.k is None else max(1, min(round(self.k / block**2), sum(t.numel() for t in tiles.values())))
+            tile_masks = _unstructured(tiles, self.density if self.k is None else None, tile_k, self.scope)
+            return {name: expand_tiles(tile_masks[name], block, _as_2d(s).shape).reshape(s.shape)
+                    for name, s in scores.items()}
+        return _unstructured(scores, self.density, self.k, self.scope)
+
+    def describe(self, realised_density: float | None = None) -> str:
+        """A short label for titles: "top-1.00% masks (global)", "2:4 masks" …"""
+        if self.structure == "nm":
+            return f"{self.nm[0]}:{self.nm[1]} masks"
+        density = realised_density if realised_density is not None else self.density
+        size = f"top-{density:.2%}" if density is not None else f"top-{self.k:,}"
+        return f"{size} masks ({self.scope}{'' if self.structure == 'unstructured' else ', ' + self.structure})"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def make_mask(
     scores: Mapping[str, torch.Tensor],
     density: float | None = None,
@@ -152,11 +254,7 @@ def make_mask(
     block_size: int = 64,
     nm: tuple[int, int] = (2, 4),
 ) -> Mask:
-    """Boolean masks selecting the highest-scoring weights.
-
-    ``density`` d ∈ (0, 1] selects exactly round(d·N) entries (N = all eligible weights for
-    ``scope="global"``, each tensor's own size for ``scope="layer"``); ``k`` selects exactly
-    k entries globally. Give one of the two (neither for ``structure="nm"``).
+    """Boolean masks selecting the highest-scoring weights (the options are those of :class:`MaskSpec`).
 
     Structures: ``unstructured``; ``row`` (round(d·columns) entries in every output row, as
     Wanda; exact per row); ``block`` (block_size² tiles ranked by their summed score, SMT-style:
@@ -165,43 +263,8 @@ def make_mask(
     consecutive entries along the input dimension keep the N largest: density N/M, exact when
     the input size is a multiple of M). Ties always go to the lower position.
     """
-    if not scores:
-        raise SalienceBenchError("no scores to mask: the score dict is empty")
-    if scope not in SCOPES:
-        raise SalienceBenchError(f"unknown scope {scope!r}; valid: {', '.join(SCOPES)}")
-    if structure not in STRUCTURES:
-        raise SalienceBenchError(f"unknown structure {structure!r}; valid: {', '.join(STRUCTURES)}")
-    for name, s in scores.items():
-        if s.is_floating_point() and not torch.isfinite(s).all():
-            raise SalienceBenchError(f"scores of {name!r} contain NaN or inf; cannot rank them")
-    if structure == "nm":
-        if density is not None or k is not None:
-            raise SalienceBenchError(f"structure 'nm' fixes the density at N/M={nm[0]}/{nm[1]}; give neither density nor k")
-        n, m = _check_nm(nm)
-        return {name: _nm_mask(s, n, m) for name, s in scores.items()}
-    if (density is None) == (k is None):
-        raise SalienceBenchError(f"give exactly one of density and k (got density={density}, k={k})")
-    total = sum(s.numel() for s in scores.values())
-    if k is not None:
-        if scope != "global":
-            raise SalienceBenchError(f"k={k} is a global count; use density with scope={scope!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= total:
-            raise SalienceBenchError(f"k={k!r} must be an integer between 1 and the number of eligible weights ({total})")
-        if structure == "row":
-            raise SalienceBenchError("structure 'row' selects a fraction of every row; use density, not k")
-    elif not isinstance(density, (int, float)) or not 0 < density <= 1:
-        raise SalienceBenchError(f"density={density!r} must be in (0, 1]")
-    if structure == "row":
-        return {name: _row_mask(s, density) for name, s in scores.items()}
-    if structure == "block":
-        if block_size < 1:
-            raise SalienceBenchError(f"block size must be ≥ 1, got {block_size}")
-        tiles = {name: block_sums(_as_2d(s), block_size) for name, s in scores.items()}
-        tile_k = None if k is None else max(1, min(round(k / block_size**2), sum(t.numel() for t in tiles.values())))
-        tile_masks = _unstructured(tiles, density if k is None else None, tile_k, scope)
-        return {name: expand_tiles(tile_masks[name], block_size, _as_2d(s).shape).reshape(s.shape)
-                for name, s in scores.items()}
-    return _unstructured(scores, density, k, scope)
+    spec = MaskSpec(density=density, k=k, scope=scope, structure=structure, block_size=block_size, nm=nm)
+    return spec.apply(scores)
 
 
 def _unstructured(scores: Mapping[str, torch.Tensor], density: float | None, k: int | None, scope: str) -> Mask:
@@ -238,13 +301,6 @@ def _top_per_row(rows: torch.Tensor, count: int) -> torch.Tensor:
 def _row_mask(s: torch.Tensor, density: float) -> torch.Tensor:
     rows = _as_2d(s)
     return _top_per_row(rows, selection_count(rows.shape[1], density)).reshape(s.shape)
-
-
-def _check_nm(nm: tuple[int, int]) -> tuple[int, int]:
-    n, m = nm
-    if not (isinstance(n, int) and isinstance(m, int) and 0 < n <= m):
-        raise SalienceBenchError(f"N:M must satisfy 0 < N ≤ M, got {n}:{m}")
-    return n, m
 
 
 def _nm_mask(s: torch.Tensor, n: int, m: int) -> torch.Tensor:

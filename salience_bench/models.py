@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -63,6 +63,26 @@ def load_model_and_tokenizer(
 def _default_eligible(module_name: str, module: nn.Module) -> bool:
     """Linear layers inside the repeated transformer blocks (a numbered child of a ModuleList)."""
     return isinstance(module, nn.Linear) and bool(_BLOCK_INDEX.search(module_name + "."))
+
+
+def linear_modules_for(
+    model: nn.Module, params: Mapping[str, nn.Parameter], purpose: str = "this is"
+) -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` owning each parameter, keyed by parameter name; a clear error otherwise.
+
+    ``purpose`` completes the error message, e.g. "fisher needs per-example gradients, which are".
+    """
+    owners = {id(m.weight): m for m in model.modules() if isinstance(m, nn.Linear)}
+    modules = {}
+    for name, p in params.items():
+        module = owners.get(id(p))
+        if module is None:
+            raise SalienceBenchError(
+                f"{purpose} computed for nn.Linear weights only; "
+                f"{name!r} is not one (exclude it with --exclude or pick another metric)"
+            )
+        modules[name] = module
+    return modules
 
 
 def eligible_parameters(

@@ -1,11 +1,11 @@
-"""One pass over the scoring batches feeds every requested scorer.
+"""One pass over the scoring batches feeds every requested accumulator, then every scorer.
 
-Each batch costs one forward and one backward. The signed mean gradient ḡ (and the mean
-absolute batch gradient) are accumulated in float32 whenever a scorer needs them;
-per-example squared gradients (``fisher``) and input-activation norms (``wanda``) are
-gathered by hooks in that same pass. Only ``grasp`` needs a second pass (Hessian-vector
-products need ḡ first). Whole-model scorers (``synflow``, ``jacob_cov``) run the model
-their own way. Scorers then turn the accumulators into scores tensor by tensor.
+Each batch costs one forward and one backward. Each scored tensor's gradient is folded into the
+accumulators as soon as autograd has it (a post-accumulate-grad hook) and freed at once, so no full
+set of ``.grad`` tensors is kept. Accumulators that need another one's finished result (GraSP's
+Hessian-gradient products need ḡ) run in a second pass. Model scorers (``synflow``,
+``jacob_cov``) run the model their own way. Tensor scorers then turn the accumulators into
+scores tensor by tensor.
 """
 
 from __future__ import annotations
@@ -18,34 +18,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
+from .accumulators import Accumulator, get_accumulator, with_dependencies
 from .errors import SalienceBenchError
 from .model_state import ScoringMode
 from .models import eligible_parameters
-from .per_example import ExampleSquaredGradients, InputSquaredNorms, linear_modules_for
-from .scorers import (
-    ABS_GRAD,
-    EXAMPLE_SQ_GRAD,
-    HESSIAN_GRAD,
-    INPUT_SQ_NORM,
-    MEAN_GRAD,
-    ModelContext,
-    TensorStats,
-    get_scorer,
-    resolve_metrics,
-)
-
-Scores = dict[str, dict[str, torch.Tensor]]
-NETWORK = "network"
-"""Key of the single 0-dim score that a network-level metric (e.g. jacob_cov) returns."""
-
-BACKWARD_NEEDS = {MEAN_GRAD, EXAMPLE_SQ_GRAD, ABS_GRAD, HESSIAN_GRAD}
+from .runtime import to_device
+from .scorers import ModelContext, TensorStats, get_scorer, resolve_metrics, resolve_options
 
 
-def _batch_size(batch: Mapping[str, torch.Tensor]) -> int:
-    for value in batch.values():
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return value.shape[0]
-    raise SalienceBenchError("a scoring batch holds no tensors; batches must be dicts accepted by model(**batch)")
+class Scores(dict):
+    """``{metric: {param_name: float32 score shaped like the parameter}}`` for the per-tensor metrics;
+    network-level metrics (one number per model, e.g. ``jacob_cov``) are in :attr:`network`."""
+
+    def __init__(self, per_tensor: Mapping[str, Mapping[str, torch.Tensor]] = (), network: Mapping[str, float] = ()):
+        super().__init__(per_tensor)
+        self.network: dict[str, float] = dict(network)
 
 
 def _loss(model: nn.Module, batch: Mapping[str, torch.Tensor], index: int) -> torch.Tensor:
@@ -60,108 +47,93 @@ def _loss(model: nn.Module, batch: Mapping[str, torch.Tensor], index: int) -> to
     return loss
 
 
+def _gradient_hooks(params: Mapping[str, nn.Parameter], accumulators: Sequence[Accumulator]):
+    """Post-accumulate-grad hooks: each gradient goes to the accumulators as float32, then is freed."""
+    stack = ExitStack()
+    for name, p in params.items():
+        def fold(param: torch.Tensor, name: str = name) -> None:
+            grad = param.grad.float()
+            for acc in accumulators:
+                acc.add_gradient(name, grad)
+            param.grad = None
+
+        stack.callback(p.register_post_accumulate_grad_hook(fold).remove)
+    return stack
+
+
+def _run_pass(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    params: Mapping[str, nn.Parameter],
+    accumulators: Sequence[Accumulator],
+    desc: str,
+    progress: bool,
+) -> int:
+    """One walk over ``batches`` feeding ``accumulators``; returns how many batches it saw."""
+    device = next(iter(params.values())).device
+    backward = any(acc.needs_backward for acc in accumulators)
+    custom = [acc for acc in accumulators if type(acc).batch_gradients is not Accumulator.batch_gradients]
+    plain = [acc for acc in accumulators if acc not in custom]
+    num_batches = 0
+    with ScoringMode(model, params), ExitStack() as stack:
+        for acc in accumulators:
+            stack.enter_context(acc.hooks())
+        if backward and plain:
+            stack.enter_context(_gradient_hooks(params, [a for a in plain if a.needs_backward]))
+        with torch.set_grad_enabled(backward):
+            for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+                batch = to_device(batch, device)
+                for acc in accumulators:
+                    acc.start_batch(batch)
+                loss = _loss(model, batch, num_batches)
+                if custom:
+                    for acc in custom:
+                        for name, grad in acc.batch_gradients(loss):
+                            acc.add_gradient(name, grad)
+                elif backward:
+                    loss.backward()
+                num_batches += 1
+    return num_batches
+
+
 def accumulate(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
     params: Mapping[str, nn.Parameter],
-    needs: Iterable[str] = (MEAN_GRAD,),
+    needs: Iterable[str] = ("mean_grad",),
     *,
     progress: bool | str = False,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
     """Run the model over ``batches`` and return (the requested float32 accumulators, batch count).
 
-    The model runs in eval mode (no dropout) so scores are deterministic; its training
-    mode, ``requires_grad`` flags and ``.grad`` fields are restored afterwards. Under
-    torch.distributed each rank passes its own share of the batches; sums and counts are
-    all-reduced once at the end, so every rank gets the scores of all batches.
+    The model runs in eval mode (no dropout) so scores are deterministic; its training mode,
+    ``requires_grad`` flags and ``.grad`` fields are restored afterwards. Under torch.distributed
+    each rank passes its own share of the batches; sums and counts are all-reduced once per pass,
+    so every rank gets the statistics of all batches.
     """
-    needs = set(needs)
-    device = next(iter(params.values())).device
-    backward = bool(needs & BACKWARD_NEEDS)
-    if HESSIAN_GRAD in needs:
-        batches = list(batches)  # walked twice: ḡ first, then Hessian-vector products with it
-    grad_needed = needs & {MEAN_GRAD, HESSIAN_GRAD}
-    grad_sums = {n: torch.zeros(p.shape, dtype=torch.float32, device=device) for n, p in params.items()} if grad_needed else {}
-    abs_sums = {n: torch.zeros(p.shape, dtype=torch.float32, device=device) for n, p in params.items()} if ABS_GRAD in needs else {}
-    per_example = ExampleSquaredGradients(linear_modules_for(model, params)) if EXAMPLE_SQ_GRAD in needs else None
-    norms = (InputSquaredNorms(linear_modules_for(model, params, "wanda needs input-activation norms, which are"))
-             if INPUT_SQ_NORM in needs else None)
-    num_batches = 0
+    if not params:
+        raise SalienceBenchError("no parameters to score: params is empty")
+    order = with_dependencies(needs)
+    first = [get_accumulator(n)(model, params) for n in order if not get_accumulator(n).after]
+    later = [get_accumulator(n)(model, params) for n in order if get_accumulator(n).after]
+    if later:
+        batches = list(batches)  # walked once per pass
     desc = progress if isinstance(progress, str) else "scoring"
-    with ScoringMode(model, params), ExitStack() as hooks:
-        for hook in (per_example, norms):
-            if hook is not None:
-                hooks.enter_context(hook.hooked())
-        with torch.set_grad_enabled(backward):
-            for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-                batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-                if per_example is not None:
-                    per_example.start_batch(_batch_size(batch))
-                if norms is not None:
-                    norms.start_batch(batch.get("attention_mask"))
-                loss = _loss(model, batch, num_batches)
-                if backward:
-                    loss.backward()
-                    for name, p in params.items():
-                        if p.grad is not None:
-                            g = p.grad.float()
-                            if grad_sums:
-                                grad_sums[name].add_(g)
-                            if abs_sums:
-                                abs_sums[name].add_(g.abs())
-                            p.grad = None
-                num_batches += 1
-        sums = [*grad_sums.values(), *abs_sums.values(), *(per_example.sums.values() if per_example else ()),
-                *(norms.sums.values() if norms else ())]
-        distributed.all_reduce_sum_(sums)
-        num_batches = int(distributed.all_reduce_count(num_batches, device))
-        if per_example is not None:
-            per_example.examples = int(distributed.all_reduce_count(per_example.examples, device))
-        if num_batches == 0:
-            raise SalienceBenchError("no scoring batches: the data iterable was empty")
-        result: dict[str, dict[str, torch.Tensor]] = {}
-        if grad_sums:
-            result[MEAN_GRAD] = {n: s.div_(num_batches) for n, s in grad_sums.items()}
-        if abs_sums:
-            result[ABS_GRAD] = {n: s.div_(num_batches) for n, s in abs_sums.items()}
-        if per_example is not None:
-            result[EXAMPLE_SQ_GRAD] = per_example.mean()
-        if norms is not None:
-            result[INPUT_SQ_NORM] = norms.sums
-    if HESSIAN_GRAD in needs:
-        result[HESSIAN_GRAD] = hessian_gradient_products(model, batches, params, result[MEAN_GRAD], progress=progress)
-    return result, num_batches
-
-
-def hessian_gradient_products(
-    model: nn.Module,
-    batches: Sequence[Mapping[str, torch.Tensor]],
-    params: Mapping[str, nn.Parameter],
-    direction: Mapping[str, torch.Tensor],
-    *,
-    progress: bool | str = False,
-) -> dict[str, torch.Tensor]:
-    """H v for the mean loss over ``batches``, by double backward (v held constant), in float32."""
     device = next(iter(params.values())).device
-    names = list(params)
-    totals = {n: torch.zeros(params[n].shape, dtype=torch.float32, device=device) for n in names}
-    # Fused attention kernels have no double backward; the math kernel is plain differentiable ops.
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with ScoringMode(model, params), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-        for i, batch in enumerate(tqdm(batches, desc="Hessian-vector products", unit="batch",
-                                       disable=not progress, leave=False)):
-            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-            loss = _loss(model, batch, i)
-            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=True)
-            inner = sum((g.float() * direction[n]).sum() for n, g in zip(names, grads))
-            products = torch.autograd.grad(inner, [params[n] for n in names], allow_unused=True)
-            for n, hv in zip(names, products):
-                if hv is not None:
-                    totals[n].add_(hv.float())
-    distributed.all_reduce_sum_(totals.values())
-    count = distributed.all_reduce_count(len(batches), device)
-    return {n: t.div_(count) for n, t in totals.items()}
+    results: dict[str, dict[str, torch.Tensor]] = {}
+    num_batches = 0
+    for index, group in enumerate([first, *([acc] for acc in later)]):
+        if index:
+            group[0].begin(results)
+        seen = _run_pass(model, batches, params, group, desc if index == 0 else f"{group[0].name} pass", bool(progress))
+        distributed.all_reduce_sum_([t for acc in group for t in acc.to_all_reduce()])
+        seen = int(distributed.all_reduce_count(seen, device))
+        if seen == 0:
+            raise SalienceBenchError("no scoring batches: the data iterable was empty")
+        num_batches = num_batches or seen
+        for acc in group:
+            results[acc.name] = acc.finalize(seen)
+    return {n: results[n] for n in order}, num_batches
 
 
 def score(
@@ -178,16 +150,16 @@ def score(
 ) -> Scores:
     """Scores of every requested metric for every eligible tensor.
 
-    Returns ``{metric: {param_name: float32 tensor shaped like the parameter}}``; a
-    network-level metric (``jacob_cov``) returns ``{metric: {"network": 0-dim tensor}}``.
-    All per-tensor gradient metrics come from a single pass over ``batches`` (one backward
-    per batch); metrics that need no data (magnitude, random, lift, synflow) need no batches.
+    Returns :class:`Scores`: ``{metric: {param_name: float32 tensor shaped like the parameter}}``
+    for per-tensor metrics, and ``scores.network[metric]`` (a float) for network-level ones
+    (``jacob_cov``). All per-tensor gradient metrics come from a single pass over ``batches`` (one
+    backward per batch); metrics that need no data (magnitude, random, lift, synflow) need no batches.
     ``params`` overrides the include/exclude selection with an explicit name→parameter map;
-    ``options`` passes metric settings (``lift_rank``, ``block_size``).
+    ``options`` sets scorer options (see ``scorer_options()``: ``lift_rank``, ``block_size`` …).
     """
     names = resolve_metrics(metrics)
     scorers = [get_scorer(n) for n in names]
-    options = dict(options or {})
+    options = resolve_options(options)
     params = dict(params) if params is not None else eligible_parameters(model, include, exclude)
     needs = set().union(*(s.needs for s in scorers if not s.whole_model))
     data_users = sorted(s.name for s in scorers if s.uses_data)
@@ -195,50 +167,44 @@ def score(
         raise SalienceBenchError(f"metrics {data_users} need scoring batches")
     if any(s.whole_model and s.needs_data for s in scorers) and batches is not None:
         batches = list(batches)  # more than one pass will walk them
-    accumulators: dict[str, dict[str, torch.Tensor]] = {}
+    accumulated: dict[str, dict[str, torch.Tensor]] = {}
     num_batches = 0
     if needs:
-        accumulators, num_batches = accumulate(
+        accumulated, num_batches = accumulate(
             model, batches, params, needs, progress=f"scoring {','.join(names)}" if progress else False
         )
-    scores: Scores = {}
+    result = Scores()
     for scorer in scorers:
         if scorer.whole_model:
-            result = scorer(ModelContext(model=model, params=params, batches=batches, seed=seed, options=options))
-            if not scorer.maskable:
-                value = torch.as_tensor(float(result), dtype=torch.float32)
-                if not torch.isfinite(value):
-                    raise SalienceBenchError(f"metric {scorer.name!r} produced {value.item()}")
-                scores[scorer.name] = {NETWORK: value}
+            value = scorer(ModelContext(model=model, params=params, batches=batches, seed=seed, options=options))
+            if scorer.network_level:
+                number = float(value)
+                if not torch.isfinite(torch.tensor(number)):
+                    raise SalienceBenchError(f"metric {scorer.name!r} produced {number}")
+                result.network[scorer.name] = number
                 continue
-            per_tensor = dict(result)
+            per_tensor = dict(value)
         else:
-            per_tensor = {}
-            for pname, p in params.items():
-                stats = TensorStats(
+            per_tensor = {
+                pname: scorer(TensorStats(
                     name=pname, weight=p.detach().float(), seed=seed, num_batches=num_batches, options=options,
-                    **{need: accumulators[need][pname] for need in scorer.needs},
-                )
-                per_tensor[pname] = scorer(stats)
-        non_finite = []
-        for pname, p in params.items():
-            s = per_tensor[pname] = per_tensor[pname].to(torch.float32)
-            if s.shape != p.shape:
-                raise SalienceBenchError(f"metric {scorer.name!r} returned shape {tuple(s.shape)} for {pname!r} {tuple(p.shape)}")
-            non_finite.append(s.numel() - torch.isfinite(s).count_nonzero())
-        # One read per metric rather than one host sync per tensor.
-        for pname, bad in zip(params, torch.stack(non_finite).tolist()):
-            if bad:
-                raise SalienceBenchError(f"metric {scorer.name!r} produced {bad} NaN/inf scores in {pname!r}")
-        scores[scorer.name] = per_tensor
-    return scores
+                    accumulated={need: accumulated[need][pname] for need in scorer.needs},
+                ))
+                for pname, p in params.items()
+            }
+        result[scorer.name] = _checked(scorer.name, per_tensor, params)
+    return result
 
 
-def maskable(scores: Scores) -> Scores:
-    """The per-tensor scores only (network-level metrics dropped)."""
-    return {m: s for m, s in scores.items() if get_scorer(m).maskable}
-
-
-def network_scores(scores: Scores) -> dict[str, float]:
-    """The network-level metrics' single numbers."""
-    return {m: float(s[NETWORK]) for m, s in scores.items() if not get_scorer(m).maskable}
+def _checked(metric: str, per_tensor: dict[str, torch.Tensor], params: Mapping[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    """float32 scores shaped like their parameters, all finite (one host read per metric)."""
+    non_finite = []
+    for pname, p in params.items():
+        s = per_tensor[pname] = per_tensor[pname].to(torch.float32)
+        if s.shape != p.shape:
+            raise SalienceBenchError(f"metric {metric!r} returned shape {tuple(s.shape)} for {pname!r} {tuple(p.shape)}")
+        non_finite.append(s.numel() - torch.isfinite(s).count_nonzero())
+    for pname, bad in zip(params, torch.stack(non_finite).tolist()):
+        if bad:
+            raise SalienceBenchError(f"metric {metric!r} produced {bad} NaN/inf scores in {pname!r}")
+    return per_tensor

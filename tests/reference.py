@@ -41,3 +41,8 @@ def example_squared_gradient(model, batches, names):
                 total[n] += g.double() ** 2
             count += 1
     return {n: (t / count).float() for n, t in total.items()}
+
+
+def per_batch_gradients(model, batches, names):
+    return [mean_gradient(model, [b], names) for b in batches]
+

@@ -64,11 +64,11 @@ def test_k_and_layer_scope(tiny_model_dir, tmp_path):
         (["--metrics", "grad,snp"], "unknown metric 'snp'. Did you mean 'snip'?"),
         (["--density", "0"], "density 0 must be in (0, 1]"),
         (["--density", "1.5"], "density 1.5 must be in (0, 1]"),
-        (["--k", "100000000"], "--k 100000000 is larger than the"),
+        (["--k", "100000000"], "k=100000000 is larger than the"),
         (["--dataset", "imdb"], "unknown dataset 'imdb'"),
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--include", "nothing*"], "no eligible tensors"),
-        (["--k", "10", "--scope", "layer"], "--k is a global count"),
+        (["--k", "10", "--scope", "layer"], "k=10 is a global count"),
         (["--batches", "0"], "0 must be ≥ 1"),
     ],
 )
@@ -150,8 +150,8 @@ def test_all_metrics_with_network_scores_and_structures(tiny_model_dir, tmp_path
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--structure", "nm", "--density", "0.1"], "--structure nm fixes the density"),
-        (["--structure", "row", "--k", "10"], "use --density, not --k"),
+        (["--structure", "nm", "--density", "0.1"], "structure 'nm' fixes the density"),
+        (["--structure", "row", "--k", "10"], "use density, not k"),
         (["--nm", "5:4", "--structure", "nm"], "0 < N ≤ M"),
         (["--metrics", "zzz*"], "matches no metric"),
     ],

@@ -1,4 +1,4 @@
-"""Two CPU processes (gloo) give the same scores, masks and training steps as one process."""
+"""Two CPU processes (gloo) give the same masks and training steps as one process (scores: the scorer tester)."""
 
 import os
 import shutil
@@ -13,9 +13,8 @@ import torch.multiprocessing as mp
 
 import salience_bench as sb
 from salience_bench import distributed
-from salience_bench.scoring import maskable
 from salience_bench.training import SparseDeltaEngine
-from salience_bench.training.baselines import freeze_all_but, head_parameters
+from salience_bench.training import freeze_all_but, head_parameters
 
 from .conftest import tiny_args, tiny_batches, tiny_bert
 
@@ -27,7 +26,7 @@ def work(batches_for_me, shard_rows):
     torch.set_num_threads(1)
     model = tiny_bert()
     scores = sb.score(model, batches_for_me, METRICS)
-    masks = {m: sb.make_mask(s, density=0.1) for m, s in maskable(scores).items()}
+    masks = {m: sb.make_mask(s, density=0.1) for m, s in scores.items()}
     head = head_parameters(model)
     freeze_all_but(model, head)
     engine = SparseDeltaEngine(model, masks["grad"])
@@ -40,8 +39,9 @@ def work(batches_for_me, shard_rows):
         optimizer.step()
         optimizer.zero_grad()
         engine.sync_weights()
+    engine.remove()
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-    return scores, masks, weights
+    return (dict(scores), scores.network), masks, weights
 
 
 def _worker(rank, world, init_file, out_file):
@@ -58,9 +58,10 @@ def _worker(rank, world, init_file, out_file):
 def test_two_processes_equal_one(tmp_path):
     out_file = tmp_path / "rank0.pt"
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
-    scores2, masks2, weights2 = torch.load(out_file)
-    scores1, masks1, weights1 = work(tiny_batches(num_batches=4), lambda b: b)
-    for metric in METRICS:
+    (scores2, network2), masks2, weights2 = torch.load(out_file)
+    (scores1, network1), masks1, weights1 = work(tiny_batches(num_batches=4), lambda b: b)
+    assert network2["jacob_cov"] == pytest.approx(network1["jacob_cov"], rel=1e-5)
+    for metric in scores1:
         for name, s in scores1[metric].items():
             scale = float(s.abs().max())
             torch.testing.assert_close(scores2[metric][name], s, rtol=1e-5, atol=1e-6 * scale, msg=(metric, name))

@@ -7,11 +7,20 @@ import torch
 import salience_bench as sb
 from salience_bench import compare
 from salience_bench.scorers import registry
-from salience_bench.training import SparseDeltaEngine, matched_lora_rank, optimizer_state_bytes, wrap_lora
-from salience_bench.training.baselines import dense_masked_step_reference, freeze_all_but, head_parameters
-from salience_bench.training.loop import DOWNSTREAM_COLUMNS, DRIFT_COLUMNS
+from salience_bench.training import (
+    DOWNSTREAM_COLUMNS,
+    DRIFT_COLUMNS,
+    SparseDeltaEngine,
+    SparseDeltaLinear,
+    freeze_all_but,
+    head_parameters,
+    matched_lora_rank,
+    optimizer_state_bytes,
+    wrap_lora,
+)
 
 from .conftest import run_cli, tiny_args, tiny_batches, tiny_bert
+from benchmarks.common import dense_masked_gradients_  # the naive route, shared with the benchmarks
 
 
 def grad_masks(model, batches, density=0.1):
@@ -43,9 +52,10 @@ def test_sparse_engine_equals_dense_masked_reference():
         engine.sync_weights()
         loss_dense = dense_model(**batch).loss
         loss_dense.backward()
-        dense_masked_step_reference(dense_model, masks)
+        dense_masked_gradients_(dense_model, masks)
         opt_dense.step(), opt_dense.zero_grad()
         torch.testing.assert_close(loss_sparse, loss_dense, rtol=1e-5, atol=1e-6)
+    engine.remove()  # plain layers again, under their original names
     dense_params = dict(dense_model.named_parameters())
     for name, p in sparse_model.named_parameters():
         torch.testing.assert_close(p, dense_params[name], rtol=1e-5, atol=1e-6, msg=name)
@@ -66,6 +76,7 @@ def test_untouched_entries_stay_bit_identical():
         model(**batch).loss.backward()
         optimizer.step(), optimizer.zero_grad()
         engine.sync_weights()
+    engine.remove()
     for name, p in model.named_parameters():
         if name in masks:
             assert torch.equal(p[~masks[name]], pretrained[name][~masks[name]]), name
@@ -78,7 +89,6 @@ def test_optimizer_state_is_proportional_to_k_not_to_the_model():
     sizes = []
     for hidden in (32, 64):  # a model with 4x the weights, same k
         torch.manual_seed(0)
-        model = sb.models.load_model_and_tokenizer  # keep linters quiet about unused import paths
         from transformers import BertConfig, BertForSequenceClassification
 
         model = BertForSequenceClassification(BertConfig(vocab_size=60, hidden_size=hidden, num_hidden_layers=2,
@@ -194,7 +204,66 @@ def test_bad_training_input_exits_2(tiny_model_dir, tmp_path, extra, message):
 
 def test_network_level_metric_cannot_drive_training(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(registry, "_REGISTRY", registry._Registry(dict(registry._REGISTRY.scorers), dict(registry._REGISTRY.aliases)))
-    sb.register("network_only", maskable=False)(lambda t: t.weight)
+    sb.register_model_scorer("network_only", network_level=True)(lambda ctx: 1.0)
     code = compare.main(tiny_args(tiny_model_dir, tmp_path / "o", "--metrics", "grad,network_only", "--train"))
     assert code == 2
     assert "cannot drive --train" in capsys.readouterr().err
+
+
+def test_sparse_layers_are_wrapped_modules_visible_in_print_and_state_dict():
+    model = tiny_bert()
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    mask = torch.zeros_like(dict(model.named_parameters())[name], dtype=torch.bool)
+    mask.view(-1)[[3, 5, 8]] = True
+    query = model.bert.encoder.layer[0].attention.self.query
+    engine = SparseDeltaEngine(model, {name: mask})
+    wrapped = model.bert.encoder.layer[0].attention.self.query
+    assert isinstance(wrapped, SparseDeltaLinear) and wrapped.base_layer is query
+    assert "forward" not in vars(query) and "forward" not in vars(wrapped)
+    assert "(query): SparseDeltaLinear(" in str(model) and "selected=3 of 1,024" in str(model)
+    state = model.state_dict()
+    prefix = "bert.encoder.layer.0.attention.self.query."
+    assert state[prefix + "index"].tolist() == [3, 5, 8] and state[prefix + "delta"].shape == (3,)
+    assert prefix + "base_layer.weight" in state and prefix + "base" in state
+    engine.remove()
+    assert model.bert.encoder.layer[0].attention.self.query is query
+
+
+def test_every_method_runs_through_the_one_loop_and_a_new_method_is_one_class(monkeypatch):
+    from salience_bench.training import RunInputs, TrainConfig, register_method, run_one
+    from salience_bench.training.methods import base as methods_base
+
+    monkeypatch.setattr(methods_base, "_METHODS", methods_base._METHODS.copy())
+
+    @register_method
+    class HeadOnly(sb.TrainingMethod):
+        """Linear probing: only the task head trains."""
+
+        name = "head_only"
+
+        def prepare(self):
+            freeze_all_but(self.model, self.setup.head)
+            return self.model
+
+        def trainable_count(self):
+            return 0
+
+    assert "head_only" in sb.list_baselines()
+    data = sb.load_dataset("sst2", "validation")
+    config = TrainConfig(steps=2, batch_size=4, score_batches=1, score_batch_size=4, max_length=16,
+                         mask=sb.MaskSpec(density=0.05), eval_batch_size=64)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(sb.models.bundled_model_path()))
+    small = sb.load_dataset("sst2", "validation")
+    small = type(small)(small.name, small.split, small.texts[:64], small.labels[:64])
+    rows = {}
+    for method in ["head_only", *sb.list_methods()]:
+        inputs = RunInputs(lambda seed: (tiny_bert(seed, vocab_size=tokenizer.vocab_size), tokenizer), data, small,
+                           torch.device("cpu"))
+        result = run_one(method, "grad", 0, config, inputs, progress=False)
+        rows[method] = result.row
+        assert list(result.row) == DOWNSTREAM_COLUMNS
+    assert rows["head_only"]["trainable_params"] == 0 and rows["head_only"]["metric"] == ""
+    assert rows["sparse"]["metric"] == "grad" and rows["sparse"]["mask_schedule"] == "static"
+    assert rows["lora"]["lora_rank"] >= 1 and rows["full"]["density"] == 1.0

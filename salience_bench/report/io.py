@@ -101,4 +101,8 @@ def package_versions(names: tuple[str, ...] = (
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    if versions.get("torch") is not None:
+        import torch
+
+        versions["torch"] = torch.__version__  # the full local version: which build (2.14.1+cu130, +cpu …)
     return versions

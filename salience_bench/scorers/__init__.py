@@ -1,38 +1,10 @@
 """The scorer registry and the built-in scorers.
 
-Importing this package registers every built-in metric. To add one, write a small
-module here with a function decorated by :func:`register` and import it below.
+Importing this package registers every built-in metric. To add one, write a small module here
+with a function decorated by :func:`register` (per tensor) or :func:`register_model_scorer`
+(reruns the model) and import it below.
 """
 
-from .registry import (
-    ABS_GRAD,
-    EXAMPLE_SQ_GRAD,
-    HESSIAN_GRAD,
-    INPUT_SQ_NORM,
-    MEAN_GRAD,
-    ModelContext,
-    Scorer,
-    TensorStats,
-    describe_metrics,
-    get_scorer,
-    list_metrics,
-    register,
-    resolve_metrics,
-)
+from .registry import *  # noqa: F401,F403  (the registry's public names, listed in its __all__)
+from .registry import __all__  # noqa: F401
 from . import activation, fisher, gradient, lowrank, second_order, weight_only, whole_model  # noqa: F401,E402  (registration side effect)
-
-__all__ = [
-    "ABS_GRAD",
-    "EXAMPLE_SQ_GRAD",
-    "HESSIAN_GRAD",
-    "INPUT_SQ_NORM",
-    "MEAN_GRAD",
-    "ModelContext",
-    "Scorer",
-    "TensorStats",
-    "describe_metrics",
-    "get_scorer",
-    "list_metrics",
-    "register",
-    "resolve_metrics",
-]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .registry import INPUT_SQ_NORM, TensorStats, register
+from ..accumulators import INPUT_SQ_NORM
+from .registry import TensorStats, register
 
 
 @register("wanda", needs={INPUT_SQ_NORM}, source="Sun et al. 2023 (Wanda)")

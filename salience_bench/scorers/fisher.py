@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .registry import EXAMPLE_SQ_GRAD, TensorStats, register
+from ..accumulators import EXAMPLE_SQ_GRAD
+from .registry import TensorStats, register
 
 
 @register("fisher", needs={EXAMPLE_SQ_GRAD}, aliases=("fisher_info",), source="Theis et al. 2018; SPEFT 'fisher_info'")

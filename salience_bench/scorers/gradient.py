@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..tiles import block_sums, expand_tiles
-from .registry import ABS_GRAD, MEAN_GRAD, TensorStats, register
+from ..accumulators import ABS_GRAD, MEAN_GRAD
+from .registry import Option, TensorStats, register
 
 
 @register("grad", needs={MEAN_GRAD}, aliases=("gradient",), source="SPEFT 'gradient'")
@@ -61,10 +62,11 @@ def spiel_grad(t: TensorStats) -> torch.Tensor:
     return t.abs_grad.clone()
 
 
-@register("smt_block", needs={MEAN_GRAD}, source="He et al. 2024 (SMT), arXiv 2405.15525")
+@register("smt_block", needs={MEAN_GRAD}, source="He et al. 2024 (SMT), arXiv 2405.15525",
+          options={"block_size": Option(int, 64, "tile side of smt_block (and of block masks)", minimum=1)})
 def smt_block(t: TensorStats) -> torch.Tensor:
     """Σ |ḡ| over the b×b block holding each weight (--block-size); pairs with --structure block."""
-    block = int(t.options.get("block_size", 64))
+    block = t.options["block_size"]
     if t.weight.dim() != 2:
         return t.mean_grad.abs()
     return expand_tiles(block_sums(t.mean_grad.abs(), block), block, t.weight.shape)

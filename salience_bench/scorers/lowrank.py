@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .registry import TensorStats, register
+from .registry import Option, TensorStats, register
 
 DEFAULT_LIFT_RANK = 32  # LIFT's filter rank for its smallest model (Llama-3.2-1B)
 _EXACT_SVD_MAX_DIM = 4096
@@ -27,9 +27,10 @@ def low_rank_approximation(weight: torch.Tensor, rank: int, seed: int = 0) -> to
     return (u[:, :rank] * s[:rank]) @ v[:, :rank].T
 
 
-@register("lift", source="Liu et al. 2025 (LIFT), arXiv 2506.00772")
+@register("lift", source="Liu et al. 2025 (LIFT), arXiv 2506.00772",
+          options={"lift_rank": Option(int, DEFAULT_LIFT_RANK, "rank of the SVD approximation for lift", minimum=1)})
 def lift(t: TensorStats) -> torch.Tensor:
     """|W_r|: magnitude of the best rank-r approximation of W (--lift-rank, default 32); data-free."""
     if t.weight.dim() != 2:
         return t.weight.abs()
-    return low_rank_approximation(t.weight, int(t.options.get("lift_rank", DEFAULT_LIFT_RANK)), t.seed).abs()
+    return low_rank_approximation(t.weight, t.options["lift_rank"], t.seed).abs()

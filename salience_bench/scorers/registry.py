@@ -1,9 +1,17 @@
-"""The scorer registry: one decorator, one name, discoverable by name or glob.
+"""The scorer registry: one decorator per kind of scorer, one name, discoverable by name or glob.
 
-A scorer is a small pure function ``fn(stats: TensorStats) -> Tensor`` that turns
-the accumulators gathered by :mod:`salience_bench.scoring` for one weight tensor
-into a float32 score shaped like that tensor. It declares which accumulators it
-needs, so one pass over the data can feed every requested scorer.
+Two kinds of scorer:
+
+- a **tensor scorer** (:func:`register`) is a small pure function ``fn(stats: TensorStats) -> Tensor``
+  that turns the accumulators gathered by the scoring pass for one weight tensor into a float32
+  score shaped like that tensor. It declares the accumulators it needs (``needs``), so one pass over
+  the data can feed every requested scorer;
+- a **model scorer** (:func:`register_model_scorer`) reruns the model its own way
+  (``fn(ctx: ModelContext)``) and returns per-tensor scores, or, when ``network_level=True``, one
+  number for the whole network that is reported but never masked.
+
+Scorer settings are declared as typed :class:`Option` s; ``score(..., options=...)`` rejects
+unknown names and values of the wrong type or range.
 """
 
 from __future__ import annotations
@@ -16,36 +24,62 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..accumulators import get_accumulator, list_accumulators
 from ..errors import SalienceBenchError
 
-# What a scorer can ask the scoring pass for.
-MEAN_GRAD = "mean_grad"  # ḡ: mean over scoring batches of the gradient of each batch's mean loss
-EXAMPLE_SQ_GRAD = "example_sq_grad"  # (1/N) Σ_n g_n² over single examples (per-example gradients)
-ABS_GRAD = "abs_grad"  # (1/B) Σ_b |g_b|: mean over batches of the absolute batch gradient
-INPUT_SQ_NORM = "input_sq_norm"  # Σ over (unpadded) tokens of x_j², per input column of a linear layer
-HESSIAN_GRAD = "hessian_grad"  # H ḡ: Hessian of the mean loss times ḡ (ḡ held constant); a second pass
-NEEDS = frozenset({MEAN_GRAD, EXAMPLE_SQ_GRAD, ABS_GRAD, INPUT_SQ_NORM, HESSIAN_GRAD})
+__all__ = [
+    "ModelContext", "Option", "Scorer", "TensorStats", "describe_metrics", "get_scorer", "list_metrics", "register",
+    "register_model_scorer", "resolve_metrics", "resolve_options", "scorer_options",
+]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A typed scorer setting: its type, default, smallest allowed value and a one-line help."""
+
+    type: type
+    default: Any
+    help: str
+    minimum: int | float | None = None
+
+    def check(self, name: str, value: Any) -> Any:
+        if self.type is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise SalienceBenchError(f"scorer option {name}={value!r} must be an integer")
+        if self.type is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise SalienceBenchError(f"scorer option {name}={value!r} must be a number")
+        if self.minimum is not None and not value >= self.minimum:
+            raise SalienceBenchError(f"scorer option {name}={value!r} must be ≥ {self.minimum}")
+        return self.type(value)
 
 
 @dataclass(frozen=True)
 class TensorStats:
-    """Everything a scorer may read about one weight tensor. All tensors are float32."""
+    """Everything a tensor scorer may read about one weight tensor. All tensors are float32.
+
+    The accumulators a scorer declared in ``needs`` are attributes by name (``t.mean_grad``,
+    ``t.example_sq_grad`` …); ``options`` holds every scorer option, defaults filled in.
+    """
 
     name: str
     weight: torch.Tensor
     seed: int
     num_batches: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
-    mean_grad: torch.Tensor | None = None
-    example_sq_grad: torch.Tensor | None = None
-    abs_grad: torch.Tensor | None = None
-    input_sq_norm: torch.Tensor | None = None
-    hessian_grad: torch.Tensor | None = None
+    accumulated: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    def __getattr__(self, item: str) -> torch.Tensor:
+        accumulated = self.__dict__.get("accumulated", {})
+        if item in accumulated:
+            return accumulated[item]
+        raise AttributeError(
+            f"TensorStats has no {item!r}: a scorer reads only the accumulators it declares in needs= "
+            f"(available: {', '.join(list_accumulators())})"
+        )
 
 
 @dataclass(frozen=True)
 class ModelContext:
-    """What a whole-model scorer receives: the model, the scored tensors, the data, the options."""
+    """What a model scorer receives: the model, the scored tensors, the data, the options."""
 
     model: nn.Module
     params: Mapping[str, nn.Parameter]
@@ -57,17 +91,22 @@ class ModelContext:
 @dataclass(frozen=True)
 class Scorer:
     name: str
-    fn: Callable[[TensorStats], torch.Tensor]
-    needs: frozenset[str]
+    fn: Callable
     description: str
+    needs: frozenset[str] = frozenset()  # tensor scorers: accumulators
     aliases: tuple[str, ...] = ()
     source: str = ""
-    maskable: bool = True  # False for network-level scores (one number per model)
-    whole_model: bool = False  # fn(ModelContext) instead of fn(TensorStats), for scores that rerun the model
-    needs_data: bool = False  # whole-model scorers: whether they need scoring batches
+    whole_model: bool = False  # fn(ModelContext) instead of fn(TensorStats)
+    network_level: bool = False  # one number per network: reported, never masked
+    needs_data: bool = False  # model scorers: whether they need scoring batches
+    options: Mapping[str, Option] = field(default_factory=dict)
 
     def __call__(self, stats):
         return self.fn(stats)
+
+    @property
+    def maskable(self) -> bool:
+        return not self.network_level
 
     @property
     def uses_data(self) -> bool:
@@ -83,53 +122,92 @@ class _Registry:
 _REGISTRY = _Registry()
 
 
+def _add(fn: Callable, name: str, aliases: Iterable[str], **fields) -> None:
+    key = name.lower()
+    alias_keys = tuple(a.lower() for a in aliases)
+    for taken in (key, *alias_keys):
+        if taken in _REGISTRY.scorers or taken in _REGISTRY.aliases:
+            raise ValueError(f"metric name {taken!r} is already registered")
+    for option, spec in fields.get("options", {}).items():
+        clash = next((s.name for s in _REGISTRY.scorers.values() if option in s.options
+                      and s.options[option].type is not spec.type), None)
+        if clash:
+            raise ValueError(f"option {option!r} of {key!r} has another type than the same option of {clash!r}")
+    doc = (fn.__doc__ or "").strip().splitlines()
+    _REGISTRY.scorers[key] = Scorer(name=key, fn=fn, description=doc[0] if doc else "", aliases=alias_keys, **fields)
+    for alias in alias_keys:
+        _REGISTRY.aliases[alias] = key
+
+
 def register(
     name: str,
     *,
     needs: Iterable[str] = (),
     aliases: Iterable[str] = (),
     source: str = "",
-    maskable: bool = True,
-    whole_model: bool = False,
-    needs_data: bool = False,
+    options: Mapping[str, Option] | None = None,
 ) -> Callable[[Callable[[TensorStats], torch.Tensor]], Callable[[TensorStats], torch.Tensor]]:
-    """Register ``fn`` as the scorer ``name``.
+    """Register ``fn(stats: TensorStats) -> Tensor`` as the tensor scorer ``name``.
 
     The first line of the function's docstring is the one-line description shown by
-    ``--list-metrics``. Names and aliases are case-insensitive and must be unique.
-    ``maskable=False`` marks a network-level score (one number per model) that is reported
-    but never turned into a mask or used to drive training. ``whole_model=True`` scorers take a
-    :class:`ModelContext` and return ``{param_name: score}`` (or a float when not maskable);
-    ``needs_data`` says whether they need scoring batches.
+    ``--list-metrics``. Names and aliases are case-insensitive and must be unique. ``needs``
+    names the accumulators it reads (see ``salience_bench.accumulators``).
     """
     needs = frozenset(needs)
-    unknown = needs - NEEDS
-    if unknown:
-        raise ValueError(f"scorer {name!r} needs unknown accumulators {sorted(unknown)}; valid: {sorted(NEEDS)}")
+    for need in needs:
+        try:
+            get_accumulator(need)
+        except SalienceBenchError:
+            raise ValueError(f"scorer {name!r} needs unknown accumulators {sorted(needs)}; "
+                             f"valid: {list_accumulators()}") from None
 
     def decorator(fn: Callable[[TensorStats], torch.Tensor]) -> Callable[[TensorStats], torch.Tensor]:
-        key = name.lower()
-        alias_keys = tuple(a.lower() for a in aliases)
-        for taken in (key, *alias_keys):
-            if taken in _REGISTRY.scorers or taken in _REGISTRY.aliases:
-                raise ValueError(f"metric name {taken!r} is already registered")
-        doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY.scorers[key] = Scorer(
-            name=key,
-            fn=fn,
-            needs=needs,
-            description=doc[0] if doc else "",
-            aliases=alias_keys,
-            source=source,
-            maskable=maskable,
-            whole_model=whole_model,
-            needs_data=needs_data,
-        )
-        for alias in alias_keys:
-            _REGISTRY.aliases[alias] = key
+        _add(fn, name, aliases, needs=needs, source=source, options=dict(options or {}))
         return fn
 
     return decorator
+
+
+def register_model_scorer(
+    name: str,
+    *,
+    aliases: Iterable[str] = (),
+    source: str = "",
+    needs_data: bool = False,
+    network_level: bool = False,
+    options: Mapping[str, Option] | None = None,
+) -> Callable[[Callable[[ModelContext], Any]], Callable[[ModelContext], Any]]:
+    """Register ``fn(ctx: ModelContext)`` as the model scorer ``name``: it returns
+    ``{param_name: score}``, or a float when ``network_level`` (one number per network, reported in
+    ``Scores.network`` and never masked). ``needs_data``: whether it needs scoring batches."""
+
+    def decorator(fn: Callable[[ModelContext], Any]) -> Callable[[ModelContext], Any]:
+        _add(fn, name, aliases, whole_model=True, source=source, needs_data=needs_data,
+             network_level=network_level, options=dict(options or {}))
+        return fn
+
+    return decorator
+
+
+def scorer_options() -> dict[str, Option]:
+    """Every option any registered scorer declares, by name."""
+    merged: dict[str, Option] = {}
+    for scorer in _REGISTRY.scorers.values():
+        merged.update(scorer.options)
+    return dict(sorted(merged.items()))
+
+
+def resolve_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` checked against the declared scorer options, with defaults filled in."""
+    known = scorer_options()
+    resolved = {name: spec.default for name, spec in known.items()}
+    for name, value in (options or {}).items():
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise SalienceBenchError(f"unknown scorer option {name!r}.{hint} Valid options: {', '.join(known) or 'none'}")
+        resolved[name] = known[name].check(name, value)
+    return resolved
 
 
 def list_metrics() -> list[str]:
@@ -139,7 +217,7 @@ def list_metrics() -> list[str]:
 
 def get_scorer(name: str) -> Scorer:
     """The scorer registered under ``name`` or one of its aliases."""
-    key = name.strip().lower()
+    key = str(name).strip().lower()
     key = _REGISTRY.aliases.get(key, key)
     if key not in _REGISTRY.scorers:
         every_name = sorted([*_REGISTRY.scorers, *_REGISTRY.aliases])
@@ -181,6 +259,6 @@ def resolve_metrics(spec: str | Iterable[str]) -> list[str]:
 def describe_metrics() -> list[tuple[str, str, str]]:
     """(name, aliases, description) for every metric, sorted by name; network-level ones say so."""
     return [
-        (s.name, ", ".join(s.aliases), s.description + ("" if s.maskable else " [network-level: reported, never masked]"))
+        (s.name, ", ".join(s.aliases), s.description + (" [network-level: reported, never masked]" if s.network_level else ""))
         for s in (_REGISTRY.scorers[n] for n in list_metrics())
     ]

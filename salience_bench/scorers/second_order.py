@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .registry import HESSIAN_GRAD, TensorStats, register
+from ..accumulators import HESSIAN_GRAD
+from .registry import TensorStats, register
 
 
 @register("grasp", needs={HESSIAN_GRAD}, source="Wang et al. 2020 (GraSP); zero-cost-nas sign convention")

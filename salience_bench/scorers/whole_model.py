@@ -10,7 +10,8 @@ from torch import nn
 
 from .. import distributed
 from ..model_state import ScoringMode
-from .registry import ModelContext, register
+from ..runtime import to_device
+from .registry import ModelContext, Option, register_model_scorer
 
 _NONLINEAR = (nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Mish, nn.LayerNorm, nn.GroupNorm)
 
@@ -20,19 +21,35 @@ def _is_nonlinearity(module: nn.Module) -> bool:
     return isinstance(module, _NONLINEAR) or name.endswith("Activation") or "RMSNorm" in name or "LayerNorm" in name
 
 
+class _Removed(nn.Module):
+    """Stands in for an activation or normalisation inside :func:`linearised`: returns its input."""
+
+    def __init__(self, original: nn.Module):
+        super().__init__()
+        self.replaces = type(original).__name__
+
+    def forward(self, x, *args, **kwargs):
+        return x
+
+    def extra_repr(self) -> str:
+        return f"replaces={self.replaces}"
+
+
 @contextmanager
 def linearised(model: nn.Module) -> Iterator[list[str]]:
-    """Activations and normalisations become identities inside the block (softmax stays)."""
-    patched = []
-    for name, module in model.named_modules():
-        if _is_nonlinearity(module) and "forward" not in vars(module):
-            module.forward = lambda x, *args, **kwargs: x
-            patched.append((name, module))
+    """Activations and normalisations are swapped for pass-through modules inside the block
+    (softmax stays); the original modules are put back on exit. Yields the swapped names."""
+    swapped: list[tuple[nn.Module, str, nn.Module, str]] = []
+    for parent_name, parent in model.named_modules():
+        for child_name, child in list(parent.named_children()):
+            if _is_nonlinearity(child):
+                setattr(parent, child_name, _Removed(child))
+                swapped.append((parent, child_name, child, f"{parent_name}.{child_name}".lstrip(".")))
     try:
-        yield [name for name, _ in patched]
+        yield [name for *_, name in swapped]
     finally:
-        for _, module in patched:
-            del module.forward
+        for parent, child_name, child, _ in reversed(swapped):
+            setattr(parent, child_name, child)
 
 
 @contextmanager
@@ -71,11 +88,12 @@ def log_score(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > 0, torch.log(x.clamp(min=torch.finfo(torch.float64).tiny)), lowest).float()
 
 
-@register("synflow", whole_model=True, source="Tanaka et al. 2020 (SynFlow); zero-cost-nas")
+@register_model_scorer("synflow", source="Tanaka et al. 2020 (SynFlow); zero-cost-nas",
+                       options={"synflow_tokens": Option(int, 8, "length of synflow's all-ones input", minimum=1)})
 def synflow(ctx: ModelContext) -> dict[str, torch.Tensor]:
     """log |W ⊙ ∂R/∂W|, R = sum of outputs with weights |W|, no nonlinearities, all-ones input; data-free, float64 (log: same order, fits float32)."""
     model, params = ctx.model, ctx.params
-    tokens = int(ctx.options.get("synflow_tokens", 8))
+    tokens = ctx.options["synflow_tokens"]
     device = next(iter(params.values())).device
     with ScoringMode(model, params), absolute_float64(model), linearised(model), torch.enable_grad():
         width = model.get_input_embeddings().embedding_dim
@@ -96,7 +114,7 @@ def jacobian_covariance_score(jacobian: torch.Tensor, eps: float = 1e-5) -> floa
     return float(-(torch.log(eigenvalues + eps) + 1.0 / (eigenvalues + eps)).sum())
 
 
-@register("jacob_cov", whole_model=True, needs_data=True, maskable=False,
+@register_model_scorer("jacob_cov", needs_data=True, network_level=True,
           source="Mellor et al. 2021; Abdelfattah et al. 2021 (zero-cost-nas)")
 def jacob_cov(ctx: ModelContext) -> float:
     """Network-level: correlation of per-example input-embedding Jacobians of the summed outputs, mean over batches."""
@@ -106,7 +124,7 @@ def jacob_cov(ctx: ModelContext) -> float:
     values = []
     with ScoringMode(model, ctx.params), torch.enable_grad():
         for batch in ctx.batches:
-            batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            batch = {k: v for k, v in to_device(batch, device).items() if isinstance(v, torch.Tensor)}
             ids = batch.pop("input_ids")
             batch.pop("labels", None)
             inputs = embed(ids).detach().requires_grad_(True)

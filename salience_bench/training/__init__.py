@@ -1,12 +1,12 @@
-"""Sparse fine-tuning engine, dense baselines, and measured downstream runs."""
+"""Sparse fine-tuning engine, training methods (one module each), and measured downstream runs."""
 
-from .baselines import HEAD_PATTERNS, head_parameters, matched_lora_rank, wrap_lora
-from .loop import BASELINES, DOWNSTREAM_COLUMNS, DRIFT_COLUMNS, METHODS, RunResult, TrainConfig, evaluate, run_one
+from . import methods
+from .loop import CURVE_COLUMNS, DOWNSTREAM_COLUMNS, DRIFT_COLUMNS, RunInputs, RunResult, TrainConfig, evaluate, run_one
 from .measure import PeakMemory, count_flops
-from .sparse import SparseDeltaEngine, optimizer_state_bytes
+from .methods import *  # noqa: F401,F403  (TrainingMethod, register_method, the LoRA helpers …: methods.__all__)
+from .sparse import SparseDeltaEngine, SparseDeltaLinear, optimizer_state_bytes
 
 __all__ = [
-    "BASELINES", "DOWNSTREAM_COLUMNS", "DRIFT_COLUMNS", "HEAD_PATTERNS", "METHODS", "PeakMemory", "RunResult",
-    "SparseDeltaEngine", "TrainConfig", "count_flops", "evaluate", "head_parameters", "matched_lora_rank",
-    "optimizer_state_bytes", "run_one", "wrap_lora",
+    "CURVE_COLUMNS", "DOWNSTREAM_COLUMNS", "DRIFT_COLUMNS", "PeakMemory", "RunInputs", "RunResult", "SparseDeltaEngine",
+    "SparseDeltaLinear", "TrainConfig", "count_flops", "evaluate", "optimizer_state_bytes", "run_one", *methods.__all__,
 ]

@@ -15,14 +15,14 @@ into the weight (SpIEL-style); entries that stay keep their delta and optimizer 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..per_example import linear_modules_for
+from ..errors import SalienceBenchError
+from ..models import linear_modules_for
 
 
 class _SparseDeltaLinear(torch.autograd.Function):
@@ -45,70 +45,95 @@ class _SparseDeltaLinear(torch.autograd.Function):
         return grad_x, None, grad_bias, grad_delta, None
 
 
-@dataclass
-class SparseSlot:
-    """The selected entries of one weight tensor."""
+class SparseDeltaLinear(nn.Module):
+    """A linear layer (``base_layer``) whose selected weight entries train through a compact delta.
 
-    module: nn.Linear
-    index: torch.Tensor  # int64, sorted flat positions
-    base: torch.Tensor  # values of the weight at ``index`` before this delta (weight dtype)
-    delta: nn.Parameter  # float32, trainable
+    Wraps the layer as peft wraps ``base_layer``: ``print(model)`` shows it, and its ``state_dict``
+    holds ``base_layer.weight`` (which always carries base + delta at the selected entries), the
+    sorted flat ``index`` of those entries, their pretrained values ``base`` and the float32 ``delta``.
+    """
+
+    def __init__(self, base_layer: nn.Linear, mask: torch.Tensor):
+        super().__init__()
+        self.base_layer = base_layer
+        weight = base_layer.weight
+        weight.requires_grad_(False)
+        index = mask.to(weight.device).reshape(-1).nonzero().squeeze(1)
+        self.register_buffer("index", index)
+        self.register_buffer("base", weight.detach().reshape(-1).index_select(0, index).clone())
+        self.delta = nn.Parameter(torch.zeros(index.numel(), dtype=torch.float32, device=weight.device))
+        self.dense_forward = False  # True: the plain layer (e.g. to re-score the current weights)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense_forward:
+            return self.base_layer(x)
+        return _SparseDeltaLinear.apply(x, self.base_layer.weight, self.base_layer.bias, self.delta, self.index)
+
+    @torch.no_grad()
+    def sync_weight(self) -> None:
+        """Write base + delta into the selected entries of the weight."""
+        weight = self.base_layer.weight
+        weight.view(-1).index_copy_(0, self.index, (self.base.float() + self.delta).to(weight.dtype))
+
+    def mask(self) -> torch.Tensor:
+        mask = torch.zeros(self.weight.numel(), dtype=torch.bool, device=self.index.device)
+        mask[self.index] = True
+        return mask.view_as(self.weight)
+
+    def extra_repr(self) -> str:
+        return f"selected={self.index.numel():,} of {self.weight.numel():,}"
+
+
+def _parent(model: nn.Module, module_name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = module_name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
 
 
 class SparseDeltaEngine:
-    """Installs compact trainable deltas on the masked entries of ``nn.Linear`` weights.
+    """Wraps the linear layers owning the masked weights in :class:`SparseDeltaLinear`.
 
-    ``masks`` maps parameter names (as in ``model.named_parameters()``) to boolean masks.
-    The weights themselves are frozen; train ``engine.parameters()`` (plus a head) and call
-    :meth:`sync_weights` after each optimizer step.
+    ``masks`` maps parameter names (as in ``model.named_parameters()`` before wrapping) to boolean
+    masks. The weights themselves are frozen; train ``engine.parameters()`` (plus a head) and call
+    :meth:`sync_weights` after each optimizer step. :meth:`remove` puts the plain layers back.
     """
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]):
         params = dict(model.named_parameters())
         missing = [n for n in masks if n not in params]
         if missing:
-            raise KeyError(f"masks name unknown parameters: {missing[:3]}")
-        modules = linear_modules_for(model, {n: params[n] for n in masks})
-        self.slots: dict[str, SparseSlot] = {}
+            raise SalienceBenchError(f"masks name unknown parameters: {missing[:3]}")
+        modules = linear_modules_for(model, {n: params[n] for n in masks}, "the sparse engine trains weights that are")
+        module_names = {id(m): n for n, m in model.named_modules()}
+        self.model = model
+        self.slots: dict[str, SparseDeltaLinear] = {}
+        self._places: dict[str, tuple[nn.Module, str]] = {}
         for name, mask in masks.items():
-            module = modules[name]
-            module.weight.requires_grad_(False)
-            index = mask.to(module.weight.device).reshape(-1).nonzero().squeeze(1)
-            base = module.weight.detach().reshape(-1).index_select(0, index).clone()
-            delta = nn.Parameter(torch.zeros(index.numel(), dtype=torch.float32, device=module.weight.device))
-            self.slots[name] = SparseSlot(module, index, base, delta)
-        self._install()
-
-    # --- forward patching -------------------------------------------------------------
-    def _install(self) -> None:
-        for slot in self.slots.values():
-            slot.module.forward = self._sparse_forward(slot)
-
-    def _uninstall(self) -> None:
-        for slot in self.slots.values():
-            if "forward" in vars(slot.module):
-                del slot.module.forward
-
-    @staticmethod
-    def _sparse_forward(slot: SparseSlot):
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return _SparseDeltaLinear.apply(x, slot.module.weight, slot.module.bias, slot.delta, slot.index)
-
-        return forward
+            parent, child = _parent(model, module_names[id(modules[name])])
+            wrapper = SparseDeltaLinear(modules[name], mask)
+            setattr(parent, child, wrapper)
+            self.slots[name], self._places[name] = wrapper, (parent, child)
 
     @contextmanager
     def dense(self) -> Iterator[None]:
-        """Plain ``nn.Linear`` forwards inside the block (e.g. to re-score the current weights)."""
-        self._uninstall()
+        """Plain linear forwards inside the block (e.g. to re-score the current weights)."""
+        for slot in self.slots.values():
+            slot.dense_forward = True
         try:
             yield
         finally:
-            self._install()
+            for slot in self.slots.values():
+                slot.dense_forward = False
 
     def remove(self) -> None:
         """Back to plain modules; the weights keep base + delta."""
         self.sync_weights()
-        self._uninstall()
+        for name, slot in self.slots.items():
+            parent, child = self._places[name]
+            setattr(parent, child, slot.base_layer)
 
     # --- state --------------------------------------------------------------------------
     def parameters(self) -> list[nn.Parameter]:
@@ -118,21 +143,13 @@ class SparseDeltaEngine:
     def num_selected(self) -> int:
         return sum(slot.index.numel() for slot in self.slots.values())
 
-    @torch.no_grad()
     def sync_weights(self) -> None:
         """Write base + delta into the selected entries of each weight."""
         for slot in self.slots.values():
-            weight = slot.module.weight
-            values = (slot.base.float() + slot.delta).to(weight.dtype)
-            weight.view(-1).index_copy_(0, slot.index, values)
+            slot.sync_weight()
 
     def masks(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, slot in self.slots.items():
-            mask = torch.zeros(slot.module.weight.numel(), dtype=torch.bool, device=slot.index.device)
-            mask[slot.index] = True
-            out[name] = mask.view_as(slot.module.weight)
-        return out
+        return {name: slot.mask() for name, slot in self.slots.items()}
 
     @torch.no_grad()
     def update_masks(self, masks: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -152,7 +169,7 @@ class SparseDeltaEngine:
                 fresh[stay] = old[src]
                 return fresh
 
-            new_base = carry(slot.base, slot.module.weight.detach().reshape(-1).index_select(0, new_index).clone())
+            new_base = carry(slot.base, slot.weight.detach().reshape(-1).index_select(0, new_index).clone())
             new_delta = carry(slot.delta.detach(), torch.zeros(new_index.numel(), dtype=torch.float32, device=new_index.device))
             if optimizer is not None and slot.delta in optimizer.state:
                 state = optimizer.state[slot.delta]

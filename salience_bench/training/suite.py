@@ -6,34 +6,20 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import pandas as pd
-import torch
-from torch import nn
 
 from .. import distributed
-from ..data import TextDataset
 from ..errors import SalienceBenchError
-from ..report import io as report_io
+from ..report.runlog import RunLog
 from ..stats import mean_ci
-from .loop import CURVE_COLUMNS, DOWNSTREAM_COLUMNS, DRIFT_COLUMNS, TrainConfig, run_one
+from .loop import CURVE_COLUMNS, DOWNSTREAM_COLUMNS, DRIFT_COLUMNS, RunInputs, TrainConfig, run_one
 
 DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV = "downstream.csv", "drift.csv", "eval_curve.csv"
 _KEY = ["method", "metric", "mask_schedule", "seed"]
-_MUST_MATCH = ["steps", "scope"]
 
 
 def planned_runs(metrics: Sequence[str], baselines: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, str, int]]:
     return [(m, metric, seed) for seed in seeds
             for m, metric in [*(("sparse", x) for x in metrics), *((b, "") for b in baselines)]]
-
-
-def _read(path: Path, columns: list[str]) -> pd.DataFrame:
-    if path.exists():
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-        frame["metric"] = frame["metric"].fillna("")
-        if "mask_schedule" in frame:
-            frame["mask_schedule"] = frame["mask_schedule"].fillna("")
-        return frame
-    return pd.DataFrame(columns=columns)
 
 
 def run_suite(
@@ -43,10 +29,7 @@ def run_suite(
     baselines: Sequence[str],
     seeds: Sequence[int],
     config: TrainConfig,
-    load_model: Callable[[int], tuple[nn.Module, object]],
-    train_data: TextDataset,
-    eval_data: TextDataset,
-    device: torch.device,
+    inputs: RunInputs,
     progress: bool = True,
     log: Callable[..., None] = lambda *a: None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -56,9 +39,11 @@ def run_suite(
     suite resumes where it stopped when run again on the same folder.
     """
     config.validate()
-    rows = _read(out_dir / DOWNSTREAM_CSV, DOWNSTREAM_COLUMNS)
-    drift = _read(out_dir / DRIFT_CSV, DRIFT_COLUMNS)
-    curve = _read(out_dir / CURVE_CSV, CURVE_COLUMNS)
+    runs = RunLog(out_dir, {"drift": DRIFT_CSV, "curve": CURVE_CSV, "rows": DOWNSTREAM_CSV},
+                  key=lambda r: tuple(str(r[k]) for k in _KEY),
+                  columns={"drift": DRIFT_COLUMNS, "curve": CURVE_COLUMNS, "rows": DOWNSTREAM_COLUMNS},
+                  write=distributed.is_main())
+    rows = runs.tables["rows"]
     for col, want in (("steps", config.steps), ("scope", config.scope)):
         sparse_rows = rows[rows["method"] == "sparse"] if col == "scope" else rows
         if len(sparse_rows) and not (sparse_rows[col].astype(str) == str(want)).all():
@@ -66,7 +51,7 @@ def run_suite(
                 f"{out_dir / DOWNSTREAM_CSV} holds runs with a different {col} ({sorted(set(sparse_rows[col].astype(str)))}"
                 f" vs {want}); use another --out"
             )
-    done = {tuple(str(v) for v in r) for r in rows[_KEY].itertuples(index=False)}
+    done = runs.done
     plan = planned_runs(metrics, baselines, seeds)
     todo = [(m, metric, seed) for m, metric, seed in plan
             if (m, metric, config.schedule if m == "sparse" else "", str(seed)) not in done]
@@ -75,20 +60,12 @@ def run_suite(
         log(f"resuming: {len(plan) - len(todo)} of {len(plan)} downstream runs already in {out_dir / DOWNSTREAM_CSV}")
     for n, (method, metric, seed) in enumerate(todo, 1):
         log(f"[{n}/{len(todo)}] training {method}{'/' + metric if metric else ''}, seed {seed}, {config.steps} steps …")
-        result = run_one(method, metric or None, seed, config, load_model=load_model, train_data=train_data,
-                         eval_data=eval_data, device=device, progress=progress)
-        rows = pd.concat([rows, pd.DataFrame([result.row], columns=DOWNSTREAM_COLUMNS)], ignore_index=True)
-        if result.drift:
-            drift = pd.concat([drift, pd.DataFrame(result.drift, columns=DRIFT_COLUMNS)], ignore_index=True)
-        curve = pd.concat([curve, pd.DataFrame(result.curve, columns=CURVE_COLUMNS)], ignore_index=True)
-        if distributed.is_main():
-            report_io.write_csv(drift, out_dir / DRIFT_CSV)
-            report_io.write_csv(curve, out_dir / CURVE_CSV)
-            report_io.write_csv(rows, out_dir / DOWNSTREAM_CSV)  # last: a run counts as done once it is here
+        result = run_one(method, metric or None, seed, config, inputs, progress=progress)
+        runs.add({"drift": result.drift, "curve": result.curve, "rows": [result.row]})
         r = result.row
         log(f"    accuracy {r['eval_accuracy']:.4f}, {r['seconds_per_step']:.3f} s/step, "
             f"trainable {r['trainable_params']:,} (+{r['head_params']:,} head)")
-    return rows, drift, curve
+    return runs.tables["rows"], runs.tables["drift"], runs.tables["curve"]
 
 
 def summary_frame(rows: pd.DataFrame) -> pd.DataFrame:

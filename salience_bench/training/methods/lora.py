@@ -1,28 +1,14 @@
-"""Dense baselines: full fine-tuning, and LoRA / PiSSA through peft at a matched parameter count."""
+"""LoRA through peft on the linear layers owning the eligible weights, rank matched to the sparse count."""
 
 from __future__ import annotations
 
-import fnmatch
 import warnings
 from typing import Mapping, Sequence
 
-import torch
 from torch import nn
 
-from ..errors import SalienceBenchError
-
-HEAD_PATTERNS = ("classifier.*", "score.*")
-"""Parameters of a newly initialised task head: trained densely by every method."""
-
-
-def head_parameters(model: nn.Module, patterns: Sequence[str] = HEAD_PATTERNS) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)}
-
-
-def freeze_all_but(model: nn.Module, keep: Mapping[str, nn.Parameter]) -> None:
-    keep_ids = {id(p) for p in keep.values()}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in keep_ids)
+from ...errors import SalienceBenchError
+from .base import HEAD_PATTERNS, TrainingMethod, freeze_all_but, head_parameters, register_method
 
 
 def lora_parameters_per_rank(params: Mapping[str, nn.Parameter]) -> int:
@@ -32,8 +18,7 @@ def lora_parameters_per_rank(params: Mapping[str, nn.Parameter]) -> int:
 
 def matched_lora_rank(k: int, params: Mapping[str, nn.Parameter]) -> int:
     """The LoRA rank whose trainable count is closest to ``k`` on these weights (at least 1)."""
-    per_rank = lora_parameters_per_rank(params)
-    return max(1, round(k / per_rank))
+    return max(1, round(k / lora_parameters_per_rank(params)))
 
 
 def wrap_lora(
@@ -67,24 +52,19 @@ def wrap_lora(
         return get_peft_model(model, config)
 
 
-def trainable(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+@register_method
+class LoRA(TrainingMethod):
+    name = "lora"
+    init: str | bool = True  # peft's init_lora_weights
 
+    def prepare(self) -> nn.Module:
+        self.rank = matched_lora_rank(self.setup.target_count, self.setup.params)
+        freeze_all_but(self.setup.model, {})
+        self.model = wrap_lora(self.setup.model, self.setup.params, rank=self.rank, init=self.init)
+        return self.model
 
-def count(params) -> int:
-    return sum(p.numel() for p in params)
+    def trainable_count(self) -> int:
+        return sum(p.numel() for n, p in self.model.named_parameters() if p.requires_grad and "lora_" in n)
 
-
-def check_lora_available() -> None:
-    try:
-        import peft  # noqa: F401
-    except ImportError as err:
-        raise SalienceBenchError("the LoRA and PiSSA baselines need peft: pip install peft") from err
-
-
-def dense_masked_step_reference(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Multiply dense gradients by the masks in place (the naive reference, for tests and benchmarks)."""
-    params = dict(model.named_parameters())
-    for name, mask in masks.items():
-        if params[name].grad is not None:
-            params[name].grad.mul_(mask.to(params[name].grad.dtype))
+    def record(self) -> dict:
+        return {**super().record(), "lora_rank": self.rank}

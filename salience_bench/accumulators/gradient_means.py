@@ -1,0 +1,44 @@
+"""ḡ and mean |g_b|: per-tensor means over the scoring batches of the batch gradient (or its magnitude)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Accumulator, register_accumulator
+
+
+class _BatchGradientMean(Accumulator):
+    """(1/B) Σ_b f(g_b) for every scored tensor, g_b the gradient of batch b's mean loss."""
+
+    def __init__(self, model, params):
+        super().__init__(model, params)
+        self.sums = {name: self.zeros(p.shape) for name, p in self.params.items()}
+
+    @staticmethod
+    def transform(grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+    def add_gradient(self, name: str, grad: torch.Tensor) -> None:
+        self.sums[name].add_(self.transform(grad))
+
+    def to_all_reduce(self) -> list[torch.Tensor]:
+        return list(self.sums.values())
+
+    def finalize(self, num_batches: int) -> dict[str, torch.Tensor]:
+        return {name: s.div_(num_batches) for name, s in self.sums.items()}
+
+
+@register_accumulator
+class MeanGradient(_BatchGradientMean):
+    name = "mean_grad"
+    description = "ḡ: mean over scoring batches of the gradient of each batch's mean loss"
+
+
+@register_accumulator
+class MeanAbsoluteGradient(_BatchGradientMean):
+    name = "abs_grad"
+    description = "(1/B) Σ_b |g_b|: mean over batches of the absolute batch gradient"
+
+    @staticmethod
+    def transform(grad: torch.Tensor) -> torch.Tensor:
+        return grad.abs()

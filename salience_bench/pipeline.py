@@ -1,0 +1,367 @@
+"""The comparison pipeline as a library: config → scores, masks and tables → files on disk.
+
+::
+
+    import salience_bench as sb
+    config = sb.CompareConfig(metrics=("grad", "snip", "fisher"), mask=sb.MaskSpec(density=0.01))
+    result = sb.run_comparison(config)            # scores, masks, overlap / rank / allocation tables
+    sb.write_comparison(result, "results/run")    # CSVs, figures, manifest (last)
+
+``python -m salience_bench.compare`` is argparse around exactly these calls, and the studies in
+``analyses/`` use them too. Under torchrun every rank scores its share of the batches; rank 0
+builds masks and tables and writes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from . import analysis, distributed
+from .data import TextDataset, check_dataset_name, load_dataset, load_eval_dataset, make_batches
+from .errors import SalienceBenchError
+from .masks import Mask, MaskSpec
+from .models import eligible_parameters, load_model_and_tokenizer
+from .report import io as report_io
+from .runtime import DEVICE_CHOICES, _DEVICE, quiet_transformers, resolve_device
+from .scorers import get_scorer, resolve_metrics, resolve_options
+from .scoring import Scores, score
+from .stats import chance_jaccard
+from .training.methods import list_baselines
+from .training.loop import RunInputs, TrainConfig
+
+DTYPES = ("float32", "bfloat16", "float16")
+Log = Callable[..., None]
+
+
+def _silent(*_: Any) -> None:
+    pass
+
+
+def _positive_ints(owner: object, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SalienceBenchError(f"{name.replace('_', '-')} must be an integer ≥ 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The downstream runs of a comparison: sparse FT per metric plus ``baselines``, per seed."""
+
+    baselines: tuple[str, ...] = ("full", "lora", "pissa")
+    seeds: tuple[int, ...] | None = None  # None: the comparison's seed
+    steps: int = 300
+    lr: float = 5e-4
+    full_lr: float = 5e-5
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    eval_every: int = 0
+    mask_update_every: int | None = None
+    group_by_length: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "baselines", tuple(dict.fromkeys(self.baselines)))
+        unknown = [b for b in self.baselines if b not in list_baselines()]
+        if unknown:
+            raise SalienceBenchError(f"unknown baseline {unknown[0]!r}; valid: {', '.join(list_baselines())}")
+        if self.seeds is not None:
+            object.__setattr__(self, "seeds", tuple(dict.fromkeys(self.seeds)))
+
+    def train_config(self, compare: "CompareConfig") -> TrainConfig:
+        """The per-run settings; mask, scoring data and eligible tensors come from the comparison."""
+        config = TrainConfig(
+            steps=self.steps, lr=self.lr, full_lr=self.full_lr, batch_size=self.batch_size,
+            max_length=compare.max_length, weight_decay=self.weight_decay, eval_every=self.eval_every,
+            mask=compare.mask, score_batches=compare.batches, score_batch_size=compare.batch_size,
+            score_options=dict(compare.score_options), mask_update_every=self.mask_update_every,
+            include=compare.include, exclude=compare.exclude, group_by_length=self.group_by_length,
+        )
+        config.validate()
+        return config
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Everything a comparison needs; checked when built, before any model is loaded."""
+
+    metrics: tuple[str, ...] = ("grad", "snip", "fisher")
+    model: str = "bundled"
+    dataset: str = "sst2"
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] | None = None
+    mask: MaskSpec = MaskSpec(density=0.01)
+    batches: int = 8
+    batch_size: int = 32
+    max_length: int = 64
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    score_options: Mapping[str, Any] = field(default_factory=dict)
+    kendall_sample: int = 20_000
+    training: TrainingPlan | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", tuple(resolve_metrics(self.metrics)))
+        check_dataset_name(self.dataset)
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, tuple(value) if value else None)
+        if not isinstance(self.mask, MaskSpec):
+            raise SalienceBenchError(f"mask must be a MaskSpec, got {type(self.mask).__name__}")
+        _positive_ints(self, ("batches", "batch_size", "max_length", "kendall_sample"))
+        if self.dtype not in DTYPES:
+            raise SalienceBenchError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
+            raise SalienceBenchError(f"unknown device {self.device!r}; valid: {DEVICE_CHOICES}")
+        object.__setattr__(self, "score_options", resolve_options(self.score_options))
+        if self.training is not None:
+            unmaskable = [m for m in self.metrics if not get_scorer(m).maskable]
+            if unmaskable:
+                raise SalienceBenchError(f"metrics {unmaskable} give one number per network and cannot drive --train")
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return (self.training.seeds if self.training and self.training.seeds else None) or (self.seed,)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Comparison:
+    """What :func:`run_comparison` found. On ranks other than 0 under torchrun, only the scores."""
+
+    config: CompareConfig
+    metrics: list[str]  # the per-tensor (maskable) metrics, in request order
+    scores: Scores
+    masks: dict[str, Mask]
+    overlap: pd.DataFrame
+    ranks: pd.DataFrame
+    allocation: pd.DataFrame
+    eligible_tensors: list[str]
+    eligible_weights: int
+    realised_density: float
+    scoring_batches: int
+    scoring_seconds: float
+    device: torch.device
+    model_path: str
+    started: datetime
+    train_data: TextDataset | None = field(default=None, repr=False)
+
+    @property
+    def network_scores(self) -> dict[str, float]:
+        return dict(self.scores.network)
+
+    @property
+    def elapsed_seconds(self) -> float:
+        """Seconds since the comparison started."""
+        return (datetime.now(timezone.utc) - self.started).total_seconds()
+
+    @property
+    def chance_jaccard(self) -> float:
+        return chance_jaccard(self.realised_density)
+
+    def pair_matrix(self, value: str) -> pd.DataFrame:
+        """``jaccard`` (from the overlap table) or ``spearman`` / ``kendall`` as a metric × metric matrix."""
+        frame = self.overlap if value in analysis.OVERLAP_COLUMNS else self.ranks
+        return analysis.pair_matrix(frame, value, self.metrics)
+
+
+def prepare_output(out: str | Path | None, *, overwrite: bool = False, started: datetime | None = None) -> Path:
+    """Check (rank 0) and agree on (every rank) the results folder before any expensive work.
+
+    Default: ``results/compare-<UTC timestamp>``.
+    """
+    distributed.init_from_environment()
+    started = started or datetime.now(timezone.utc)
+    prepared: str | SalienceBenchError = ""
+    if distributed.is_main():
+        try:
+            prepared = str(report_io.prepare_output_dir(
+                out or Path("results") / f"compare-{started.strftime('%Y%m%d-%H%M%S')}", overwrite=overwrite))
+        except SalienceBenchError as err:
+            prepared = err
+    prepared = distributed.broadcast_object(prepared)
+    if isinstance(prepared, SalienceBenchError):
+        raise prepared
+    return Path(prepared)
+
+
+def run_comparison(config: CompareConfig, *, tables: bool = True, on_device: bool = False, progress: bool = False,
+                   log: Log = _silent) -> Comparison:
+    """Load the model and data, score every metric in one pass, build masks and (with ``tables``) the
+    overlap, rank-correlation and allocation tables. Scores, masks and statistics move to the CPU unless
+    ``on_device`` (for callers that compute more statistics on a GPU)."""
+    started = datetime.now(timezone.utc)
+    distributed.init_from_environment()
+    device = resolve_device(config.device)
+    quiet_transformers()
+    log(f"loading dataset {config.dataset} and model {config.model} …")
+    data = load_dataset(config.dataset, "train")
+    model, tokenizer = load_model_and_tokenizer(config.model, num_labels=data.num_labels, seed=config.seed,
+                                                dtype=getattr(torch, config.dtype))
+    model.to(device)
+    params = eligible_parameters(model, config.include, config.exclude)
+    eligible = sum(p.numel() for p in params.values())
+    config.mask.check_total(eligible)
+    needs_data = any(get_scorer(m).uses_data for m in config.metrics)
+    batches = (make_batches(data, tokenizer, batch_size=config.batch_size, num_batches=config.batches,
+                            max_length=config.max_length, seed=config.seed) if needs_data else None)
+    log(f"{len(params)} tensors, {eligible:,} eligible weights; "
+        + (f"{len(batches)} scoring batches of {config.batch_size}" if batches else "no data needed")
+        + (f", shared by {distributed.world_size()} processes" if distributed.active() else ""))
+    t_score = time.perf_counter()
+    scores = score(model, distributed.shard(batches) if batches else None, config.metrics, params=params,
+                   seed=config.seed, progress=progress, options=config.score_options)
+    scoring_seconds = time.perf_counter() - t_score
+    metrics = list(scores)
+    result = Comparison(
+        config=config, metrics=metrics, scores=scores, masks={}, overlap=pd.DataFrame(columns=analysis.OVERLAP_COLUMNS),
+        ranks=pd.DataFrame(columns=analysis.RANK_COLUMNS), allocation=pd.DataFrame(columns=analysis.ALLOCATION_COLUMNS),
+        eligible_tensors=list(params), eligible_weights=eligible, realised_density=config.mask.target_density or 0.0,
+        scoring_batches=len(batches) if batches else 0, scoring_seconds=scoring_seconds, device=device,
+        model_path=str(getattr(model, "name_or_path", config.model)), started=started, train_data=data,
+    )
+    if not distributed.is_main():  # rank 0 analyses and writes; the others only help to train
+        return result
+    if not on_device:
+        result.scores = Scores({m: {n: s.cpu() for n, s in per.items()} for m, per in scores.items()}, scores.network)
+    result.masks = {m: config.mask.apply(s) for m, s in result.scores.items()}
+    if result.masks:
+        selected = sum(int(x.sum()) for x in next(iter(result.masks.values())).values())
+        result.realised_density = selected / eligible
+    if tables and len(metrics) > 1:
+        result.overlap = analysis.overlap_frame(result.masks)
+        result.ranks = analysis.rank_correlation_frame(result.scores, kendall_max_n=config.kendall_sample,
+                                                       seed=config.seed, progress=progress)
+    if tables and result.masks:
+        result.allocation = analysis.allocation_frame(result.masks)
+    return result
+
+
+@dataclass
+class Downstream:
+    """The downstream runs of :func:`run_downstream`: all rows, their summary, and the files written."""
+
+    rows: pd.DataFrame
+    summary: pd.DataFrame
+    eval_split: str
+    files: list[str]
+
+
+def run_downstream(result: Comparison, out_dir: Path, *, progress: bool = False, log: Log = _silent) -> Downstream:
+    """Fine-tune with each metric's mask and with the baselines (``config.training``), resuming
+    from what ``out_dir`` already holds; writes downstream.csv, drift.csv, eval_curve.csv and figures."""
+    from .training.suite import CURVE_CSV, DOWNSTREAM_CSV, DRIFT_CSV, run_suite, summary_frame
+
+    config, plan = result.config, result.config.training
+    if plan is None:
+        raise SalienceBenchError("this comparison has no training plan (CompareConfig.training)")
+    train_config = plan.train_config(config)
+    data = result.train_data or load_dataset(config.dataset, "train")
+    eval_data = load_eval_dataset(config.dataset)
+    dtype = getattr(torch, config.dtype)
+
+    def load(seed: int):
+        return load_model_and_tokenizer(config.model, num_labels=data.num_labels, seed=seed, dtype=dtype)
+
+    rows, drift, _ = run_suite(
+        out_dir, metrics=result.metrics, baselines=plan.baselines, seeds=config.seeds, config=train_config,
+        inputs=RunInputs(load, data, eval_data, result.device), progress=progress, log=log,
+    )
+    files = [DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV]
+    summary = summary_frame(rows)
+    if distributed.is_main():
+        files += _downstream_figures(out_dir / "figures", summary, drift, config, eval_data.split, result.device)
+    return Downstream(rows=rows, summary=summary, eval_split=eval_data.split, files=files)
+
+
+def write_comparison(result: Comparison, out_dir: str | Path, *, figures: bool = True,
+                     downstream: Downstream | None = None, command: str | None = None) -> list[str]:
+    """Write the tables, the figures and, last (its presence marks a finished run), the manifest.
+    Returns the files written, relative to ``out_dir``."""
+    out_dir = Path(out_dir)
+    config = result.config
+    tables = {"overlap.csv": result.overlap, "rank_correlation.csv": result.ranks, "allocation.csv": result.allocation}
+    if result.network_scores:
+        tables["network_scores.csv"] = pd.DataFrame(
+            [(m, v, get_scorer(m).description) for m, v in result.network_scores.items()],
+            columns=["metric", "score", "definition"])
+    for name, frame in tables.items():
+        report_io.write_csv(frame, out_dir / name)
+    files = list(tables)
+    if figures and result.masks:
+        files += _comparison_figures(out_dir / "figures", result)
+    if downstream is not None:
+        files += downstream.files
+    manifest = {
+        "command": command or "salience_bench.write_comparison",
+        "config": {**config.to_dict(), "metrics": result.metrics, "device": str(result.device),
+                   "model_path": result.model_path},
+        "seed": config.seed,
+        "eligible_tensors": result.eligible_tensors,
+        "eligible_weights": result.eligible_weights,
+        "selected_weights": round(result.realised_density * result.eligible_weights),
+        "realised_density": result.realised_density,
+        "chance_jaccard": result.chance_jaccard,
+        "scoring_batches": result.scoring_batches,
+        "processes": distributed.world_size(),
+        "scoring_seconds": result.scoring_seconds,
+        "total_seconds": result.elapsed_seconds,
+        "started": result.started.isoformat(),
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "versions": report_io.package_versions(),
+        "git_commit": report_io.git_commit(),
+        "network_scores": result.network_scores,
+        "files": files,
+    }
+    report_io.write_json(manifest, out_dir / report_io.MANIFEST)
+    return files
+
+
+def _comparison_figures(fig_dir: Path, result: Comparison) -> list[str]:
+    from .report import figures
+
+    spec, metrics, density = result.config.mask, result.metrics, result.realised_density
+    what = spec.describe(density)
+    written: list[Path] = []
+    if len(metrics) > 1:
+        jac, rho = result.pair_matrix("jaccard"), result.pair_matrix("spearman")
+        clustered = len(metrics) >= 4
+        if clustered:  # many metrics: similar ones side by side
+            jac_order, rho_order = analysis.cluster_order(jac), analysis.cluster_order(rho)
+            jac, rho = jac.loc[jac_order, jac_order], rho.loc[rho_order, rho_order]
+        note = "\norder: hierarchical clustering (average linkage, 1 − value)" if clustered else ""
+        written += figures.save(figures.pair_heatmap(
+            jac, title=f"Mask overlap, {what}\nchance Jaccard = {chance_jaccard(density):.4f}{note}",
+            colorbar_label="Jaccard", vmin=0, vmax=1, cmap="viridis"), fig_dir, "jaccard_heatmap")
+        written += figures.save(figures.pair_heatmap(
+            rho, title=f"Rank correlation of scores (all weights){note}",
+            colorbar_label="Spearman ρ", vmin=-1, vmax=1, cmap="vlag"), fig_dir, "spearman_heatmap")
+    written += figures.save(figures.allocation_plot(result.allocation, density=density if spec.scope == "global" else None,
+                                                    title=f"Per-layer allocation of {what}"), fig_dir, "allocation")
+    return [str(p.relative_to(fig_dir.parent)) for p in written]
+
+
+def _downstream_figures(fig_dir: Path, summary: pd.DataFrame, drift: pd.DataFrame, config: CompareConfig,
+                        split: str, device: torch.device) -> list[str]:
+    from .report import figures
+
+    plan = config.training
+    task = f"{config.dataset} ({split}), {plan.steps} steps"
+    written = figures.save(figures.accuracy_plot(summary, title=f"Downstream accuracy, {task}"), fig_dir, "accuracy")
+    memory_label = ("peak GPU memory (MiB, max_memory_allocated)" if device.type == "cuda"
+                    else "peak RSS increase during training (MiB)")
+    written += figures.save(figures.accuracy_vs_memory_plot(summary, title=f"Accuracy vs memory, {task}",
+                                                            memory_label=memory_label), fig_dir, "accuracy_vs_memory")
+    if plan.mask_update_every and len(drift):
+        written += figures.save(figures.drift_plot(drift, title=f"Mask drift, update every {plan.mask_update_every} steps"),
+                                fig_dir, "drift")
+    return [str(p.relative_to(fig_dir.parent)) for p in written]

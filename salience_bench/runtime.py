@@ -1,0 +1,57 @@
+"""Where work runs: device names, batches moved to a device, and a quiet transformers.
+
+Every entry point (the CLI, the studies, the benchmarks, training) goes through these, so a
+device string means the same thing everywhere and its error names the valid choices.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import torch
+
+from .errors import SalienceBenchError
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def resolve_device(text: str | torch.device = "auto") -> torch.device:
+    """``auto`` → this process's GPU (its own under torchrun) or the CPU; otherwise the named device,
+    checked to exist here."""
+    if isinstance(text, torch.device):
+        return text
+    if not isinstance(text, str) or not _DEVICE.match(text):
+        raise SalienceBenchError(f"unknown device {text!r}; valid: {DEVICE_CHOICES}")
+    if text == "auto":
+        from . import distributed
+
+        if distributed.active():
+            return distributed.local_device()
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SalienceBenchError(f"device {text!r} requested but CUDA is not available; valid here: auto, cpu")
+        index = int(text.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise SalienceBenchError(
+                f"device {text!r} requested but this machine has {torch.cuda.device_count()} GPU(s); "
+                f"valid: cuda:0 … cuda:{torch.cuda.device_count() - 1}"
+            )
+    if text == "mps" and not torch.backends.mps.is_available():
+        raise SalienceBenchError("device 'mps' requested but MPS is not available; valid here: auto, cpu")
+    return torch.device(text)
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """A batch dict with every tensor moved to ``device`` (other values passed through)."""
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def quiet_transformers() -> None:
+    """No transformers warnings or download bars: our own progress bars and errors say what matters."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
