@@ -204,22 +204,10 @@ def run(args: argparse.Namespace) -> Path:
     sb.write_comparison(result, out_dir, figures=not args.no_figures, downstream=downstream,
                         command="python -m salience_bench.compare " + " ".join(sys.argv[1:]))
     if downstream is not None:
-        _print_downstream(downstream, args.dataset)
+        print(f"\nDownstream ({args.dataset}, {downstream.eval_split} split):")
+        print(downstream.display_table().to_string(index=False))
     _print_summary(result, out_dir)
     return out_dir
-
-
-def _print_downstream(downstream: sb.Downstream, dataset: str) -> None:
-    summary = downstream.summary
-    print("\nDownstream (" + f"{dataset}, {downstream.eval_split} split):")
-    shown = summary.assign(
-        accuracy=summary["accuracy_mean"].map("{:.4f}".format)
-        + summary["accuracy_ci95"].map(lambda h: "" if h != h else f" ± {h:.4f}"),
-        peak_MiB=(summary["peak_memory_bytes"] / 2**20).round(0),
-        s_per_step=summary["seconds_per_step"].round(3),
-        TFLOPs=(summary["train_flops"] / 1e12).round(1),
-    )[["run", "seeds", "trainable_params", "accuracy", "peak_MiB", "s_per_step", "TFLOPs"]]
-    print(shown.to_string(index=False))
 
 
 def _print_summary(result: sb.Comparison, out_dir: Path) -> None:

@@ -255,6 +255,17 @@ class Downstream:
     eval_split: str
     files: list[str]
 
+    def display_table(self) -> pd.DataFrame:
+        """The summary for a console: accuracy ± 95% half-width, MiB, s/step, TFLOPs."""
+        summary = self.summary
+        return summary.assign(
+            accuracy=summary["accuracy_mean"].map("{:.4f}".format)
+            + summary["accuracy_ci95"].map(lambda h: "" if h != h else f" ± {h:.4f}"),
+            peak_MiB=(summary["peak_memory_bytes"] / 2**20).round(0),
+            s_per_step=summary["seconds_per_step"].round(3),
+            TFLOPs=(summary["train_flops"] / 1e12).round(1),
+        )[["run", "seeds", "trainable_params", "accuracy", "peak_MiB", "s_per_step", "TFLOPs"]]
+
 
 def run_downstream(result: Comparison, out_dir: Path, *, progress: bool = False, log: Log = _silent) -> Downstream:
     """Fine-tune with each metric's mask and with the baselines (``config.training``), resuming
