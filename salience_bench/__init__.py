@@ -18,7 +18,7 @@ from .accumulators import Accumulator, list_accumulators, register_accumulator
 from .masks import MaskSpec, make_mask, selection_count
 from .models import eligible_parameters, load_model_and_tokenizer
 from .data import load_dataset, make_batches
-from .runtime import resolve_device
+from .runtime import Terminated, raise_on_sigterm, resolve_device
 from .distributed import is_main as is_main_process
 from .scorers import (
     ModelContext,
@@ -41,7 +41,9 @@ from .pipeline import (
     Comparison,
     Downstream,
     TrainingPlan,
+    Run,
     prepare_output,
+    run_and_write,
     run_comparison,
     run_downstream,
     write_comparison,
@@ -57,8 +59,10 @@ __all__ = [
     "ModelContext",
     "Option",
     "SalienceBenchError",
+    "Run",
     "Scores",
     "TensorStats",
+    "Terminated",
     "TrainingMethod",
     "TrainingPlan",
     "chance_jaccard",
@@ -78,12 +82,14 @@ __all__ = [
     "make_mask",
     "overlap_coefficient",
     "prepare_output",
+    "raise_on_sigterm",
     "register",
     "register_accumulator",
     "register_method",
     "register_model_scorer",
     "resolve_device",
     "resolve_metrics",
+    "run_and_write",
     "run_comparison",
     "run_downstream",
     "score",

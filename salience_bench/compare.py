@@ -34,7 +34,8 @@ def _number(kind: type, what: str, check, requirement: str, label: str = ""):
 
 
 _positive_int = _number(int, "an integer", lambda v: v >= 1, "≥ 1")
-_positive_float = _number(float, "a number", lambda v: v > 0, "> 0")
+_positive_float = _number(float, "a number", lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+_non_negative_float = _number(float, "a number", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0")
 _density = _number(float, "a number", lambda v: 0 < v <= 1 and not math.isnan(v), "in (0, 1]", "density ")
 
 
@@ -51,16 +52,6 @@ def _listed(kind: type, what: str):
     return parse
 
 
-def _baselines(text: str) -> list[str]:
-    names = [b.strip().lower() for b in text.split(",") if b.strip()]
-    if names == ["none"]:
-        return []
-    bad = [b for b in names if b not in sb.list_baselines()]
-    if bad:
-        raise argparse.ArgumentTypeError(f"unknown baseline {bad[0]!r}; valid: {', '.join(sb.list_baselines())} or none")
-    return list(dict.fromkeys(names))
-
-
 def _nm(text: str) -> tuple[int, int]:
     try:
         n, m = (int(x) for x in text.split(":"))
@@ -69,8 +60,13 @@ def _nm(text: str) -> tuple[int, int]:
     return n, m
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not the 24-line usage block
+        self.exit(2, f"error: {message} (python -m salience_bench.compare --help lists every option)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m salience_bench.compare",
         description=(
             "Score a model's weights with several salience metrics, turn each into a top-k mask, and "
@@ -132,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Fine-tune with each metric's mask (sparse FT: only the selected weights, plus the task head) and with "
         "the baselines, then report accuracy, peak memory, FLOPs and time per run in downstream.csv.")
     train.add_argument("--train", action="store_true", help="add the downstream runs")
-    train.add_argument("--baselines", type=_baselines, default=["full", "lora", "pissa"], metavar="LIST",
+    train.add_argument("--baselines", type=_listed(str.lower, "method names"), default=["full", "lora", "pissa"], metavar="LIST",
                        help="comma-separated from full, lora, pissa, or 'none' (default: full,lora,pissa); LoRA and "
                             "PiSSA get the rank whose trainable count is closest to the sparse k")
     train.add_argument("--steps", type=_positive_int, default=300, help="training steps per run (default: %(default)s)")
@@ -144,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-group-by-length", action="store_true",
                        help="plain random batches; by default each batch holds examples of similar length "
                             "(shuffled batches, far less padding, as Hugging Face Trainer's group_by_length)")
-    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
+    train.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="AdamW weight decay (default: %(default)s)")
     train.add_argument("--eval-every", type=_positive_int, default=None, metavar="N",
                        help="also evaluate every N steps (eval_curve.csv); default: only at the end")
     train.add_argument("--seeds", type=_listed(int, "integers"), default=None, metavar="LIST",
@@ -175,8 +171,11 @@ def config_from_args(args: argparse.Namespace) -> sb.CompareConfig:
     sized = args.density is not None or args.k is not None or args.structure == "nm"
     mask = sb.MaskSpec(density=args.density if sized else DEFAULT_DENSITY, k=args.k, scope=args.scope,
                        structure=args.structure, block_size=args.block_size, nm=args.nm)
+    if "none" in args.baselines and len(args.baselines) > 1:
+        raise sb.SalienceBenchError(f"--baselines {','.join(args.baselines)}: 'none' (no baseline) cannot be combined "
+                                    f"with others; valid: a list from {', '.join(sb.list_baselines())}, or none")
     training = sb.TrainingPlan(
-        baselines=tuple(args.baselines), seeds=tuple(args.seeds) if args.seeds else None, steps=args.steps,
+        baselines=tuple(b for b in args.baselines if b != "none"), seeds=tuple(args.seeds) if args.seeds else None, steps=args.steps,
         lr=args.lr, full_lr=args.full_lr, batch_size=args.train_batch_size, weight_decay=args.weight_decay,
         eval_every=args.eval_every or 0, mask_update_every=args.mask_update_every,
         group_by_length=not args.no_group_by_length,
@@ -192,22 +191,16 @@ def config_from_args(args: argparse.Namespace) -> sb.CompareConfig:
 def run(args: argparse.Namespace) -> Path:
     """Everything after argument parsing; returns the results folder."""
     config = config_from_args(args)  # every check that needs no model, first: mistakes cost seconds
-    out_dir = sb.prepare_output(args.out, overwrite=args.overwrite)
-    main_rank = sb.is_main_process()
-    quiet = args.quiet or not main_rank
+    quiet = args.quiet or not sb.is_main_process()
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    log(f"salience_bench.compare: metrics {', '.join(config.metrics)} → {out_dir}")
-    result = sb.run_comparison(config, progress=not quiet, log=log)
-    downstream = sb.run_downstream(result, out_dir, progress=not quiet, log=log) if config.training else None
-    if not main_rank:  # rank 0 writes and reports
-        return out_dir
-    sb.write_comparison(result, out_dir, figures=not args.no_figures, downstream=downstream,
-                        command="python -m salience_bench.compare " + " ".join(sys.argv[1:]))
-    if downstream is not None:
-        print(f"\nDownstream ({args.dataset}, {downstream.eval_split} split):")
-        print(downstream.display_table().to_string(index=False))
-    _print_summary(result, out_dir)
-    return out_dir
+    run = sb.run_and_write(config, args.out, overwrite=args.overwrite, figures=not args.no_figures,
+                           command="python -m salience_bench.compare " + " ".join(sys.argv[1:]), progress=not quiet, log=log)
+    if sb.is_main_process():
+        if run.downstream is not None:
+            print(f"\nDownstream ({args.dataset}, {run.downstream.eval_split} split):")
+            print(run.downstream.display_table().to_string(index=False))
+        _print_summary(run.comparison, run.path)
+    return run.path
 
 
 def _print_summary(result: sb.Comparison, out_dir: Path) -> None:
@@ -233,13 +226,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:<{width}}  {description}" + (f" (alias: {aliases})" if aliases else ""))
         return 0
     try:
-        run(args)
+        with sb.raise_on_sigterm():
+            run(args)
     except sb.SalienceBenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; finished files are complete, unfinished ones were not written", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, sb.Terminated) as stop:
+        print(f"{'terminated' if isinstance(stop, sb.Terminated) else 'interrupted'}; the results folder is unchanged; "
+              "finished downstream runs are kept in <out>.partial and the same command resumes them", file=sys.stderr)
+        return 143 if isinstance(stop, sb.Terminated) else 130
     return 0
 
 

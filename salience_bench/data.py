@@ -114,10 +114,15 @@ def make_batches(
     seed always scores on the same sentences. ``sort_by_length`` orders the chosen examples
     by length first (less padding; for evaluation, where order does not matter).
     """
-    if batch_size < 1:
-        raise SalienceBenchError(f"batch size must be ≥ 1, got {batch_size}")
-    if num_batches is not None and num_batches < 1:
-        raise SalienceBenchError(f"number of batches must be ≥ 1, got {num_batches}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SalienceBenchError(f"batch size must be an integer ≥ 1, got {batch_size!r}")
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1):
+        raise SalienceBenchError(f"number of batches must be an integer ≥ 1, got {num_batches!r}")
+    if num_batches is not None and num_batches * batch_size > len(data):
+        raise SalienceBenchError(
+            f"{num_batches} batches of {batch_size} need {num_batches * batch_size:,} examples, but {data.name} "
+            f"{data.split} has {len(data):,}; lower the number of batches or the batch size")
+    check_max_length(tokenizer, max_length)
     order = (
         torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
         if shuffle
@@ -139,6 +144,15 @@ def make_batches(
     return batches
 
 
+def check_max_length(tokenizer, max_length: int) -> None:
+    """Refuse a ``max_length`` that leaves no token for the text once the special tokens are added."""
+    special = tokenizer.num_special_tokens_to_add(pair=False) if hasattr(tokenizer, "num_special_tokens_to_add") else 0
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < special + 1:
+        raise SalienceBenchError(
+            f"max length {max_length!r} leaves no room for text: the tokenizer adds {special} special token(s) "
+            f"per example; use at least {special + 1}")
+
+
 def batch_examples(batch: Mapping[str, Any]) -> int:
     """Examples in a batch dict: the leading size of its first tensor with a dimension."""
     for value in batch.values():
@@ -157,6 +171,7 @@ def training_stream(
     the batches are then shuffled: every batch is still a random draw of similar-length
     examples, but far less of it is padding.
     """
+    check_max_length(tokenizer, max_length)
     lengths = [len(t.split()) for t in data.texts] if group_by_length else None
     for epoch in itertools.count():
         generator = torch.Generator().manual_seed(seed * 7919 + epoch)

@@ -13,7 +13,7 @@ scores therefore always give bitwise-identical masks.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
@@ -201,24 +201,54 @@ class MaskSpec:
         """The number of weights this spec aims at among ``total`` eligible ones."""
         return self.k if self.k is not None else selection_count(total, self.target_density)
 
-    def check_total(self, total: int) -> None:
-        """Refuse a ``k`` larger than the ``total`` eligible weights."""
+    def check_shapes(self, shapes: Mapping[str, Sequence[int]]) -> None:
+        """Refuse, before anything is scored, a spec that cannot make a mask for tensors of these shapes:
+        ``k`` above the eligible count, a block larger than every tensor, a density that selects nothing."""
+        if not shapes:
+            raise SalienceBenchError("no tensors to mask")
+        sides = {name: _as_2d_shape(shape) for name, shape in shapes.items()}
+        total = sum(r * c for r, c in sides.values())
         if self.k is not None and self.k > total:
             raise SalienceBenchError(f"k={self.k} is larger than the {total} eligible weights")
+        if self.structure == "nm":
+            return
+        if self.structure == "block":
+            largest = max(max(side) for side in sides.values())
+            if self.block_size > largest:
+                raise SalienceBenchError(f"block size {self.block_size} is larger than every eligible tensor "
+                                         f"(longest side {largest}); valid: 1 … {largest}")
+            tiles = {n: -(-r // self.block_size) * -(-c // self.block_size) for n, (r, c) in sides.items()}
+            self._check_selects(tiles, "tiles")
+        elif self.structure == "row":
+            selected = sum(r * selection_count(c, self.density) for r, c in sides.values())
+            if selected == 0:
+                widest = max(c for _, c in sides.values())
+                raise SalienceBenchError(
+                    f"density={self.density} selects 0 entries of every row (the widest row has {widest}: "
+                    f"round({self.density} × {widest}) = 0); raise it to at least {0.5 / widest:.2g}")
+        else:
+            self._check_selects({n: r * c for n, (r, c) in sides.items()}, "eligible weights")
+
+    def _check_selects(self, counts: Mapping[str, int], unit: str) -> None:
+        total = sum(counts.values())
+        if self.k is not None:
+            return
+        if self.scope == "global" and selection_count(total, self.density) == 0:
+            raise SalienceBenchError(f"density={self.density} selects 0 of {total} {unit}; raise it")
+        if self.scope == "layer" and not any(selection_count(n, self.density) for n in counts.values()):
+            raise SalienceBenchError(f"density={self.density} selects 0 {unit} in every tensor; raise it")
 
     def apply(self, scores: Mapping[str, torch.Tensor]) -> Mask:
         """Boolean masks for ``scores`` (see :func:`make_mask`)."""
-        if not scores:
-            raise SalienceBenchError("no scores to mask: the score dict is empty")
+        if not isinstance(scores, Mapping) or not scores:
+            raise SalienceBenchError(f"scores must be a non-empty dict of tensors by name, got {type(scores).__name__}"
+                                     + (" (empty)" if isinstance(scores, Mapping) else ""))
         for name, s in scores.items():
             if not isinstance(s, torch.Tensor):
                 raise SalienceBenchError(f"scores of {name!r} must be a tensor, got {type(s).__name__}")
             if s.is_floating_point() and not torch.isfinite(s).all():
                 raise SalienceBenchError(f"scores of {name!r} contain NaN or inf; cannot rank them")
-        total = sum(s.numel() for s in scores.values())
-        if self.k is not None and self.k > total:
-            raise SalienceBenchError(
-                f"k={self.k!r} must be an integer between 1 and the number of eligible weights ({total})")
+        self.check_shapes({name: s.shape for name, s in scores.items()})
         if self.structure == "nm":
             return {name: _nm_mask(s, *self.nm) for name, s in scores.items()}
         if self.structure == "row":
@@ -272,21 +302,26 @@ def _unstructured(scores: Mapping[str, torch.Tensor], density: float | None, k: 
     if k is not None:
         return top_k_mask(scores, k)
     if scope == "global":
-        count = selection_count(total, density)
-        if count == 0:
-            raise SalienceBenchError(f"density={density} selects 0 of {total} eligible weights; raise it")
-        return top_k_mask(scores, count)
+        return top_k_mask(scores, selection_count(total, density))  # MaskSpec.check_shapes ensured count ≥ 1
     masks: Mask = {}
     for name, s in scores.items():
         count = selection_count(s.numel(), density)
         masks[name] = top_k_mask({name: s}, count)[name] if count else torch.zeros(s.shape, dtype=torch.bool, device=s.device)
-    if not any(m.any() for m in masks.values()):
-        raise SalienceBenchError(f"density={density} selects 0 weights in every tensor; raise it")
     return masks
 
 
 def _as_2d(s: torch.Tensor) -> torch.Tensor:
     return s.reshape(1, -1) if s.dim() < 2 else s.reshape(s.shape[0], -1)
+
+
+def _as_2d_shape(shape: Sequence[int]) -> tuple[int, int]:
+    """(rows, columns) of a tensor of ``shape`` as :func:`_as_2d` views it."""
+    numel = 1
+    for side in shape:
+        numel *= side
+    if len(shape) < 2:
+        return 1, numel
+    return shape[0], numel // shape[0] if shape[0] else 0
 
 
 def _top_per_row(rows: torch.Tensor, count: int) -> torch.Tensor:

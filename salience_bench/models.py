@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -29,6 +30,25 @@ def resolve_model_path(model: str) -> str:
     return str(bundled_model_path()) if model == BUNDLED_MODEL else model
 
 
+def _looks_like_a_path(model: str) -> bool:
+    """Hub names are ``name`` or ``org/name``; anything else with a path's shape is meant as a folder."""
+    return (model.startswith(("/", "./", "../", "~")) or os.path.isabs(model) or model.count("/") > 1
+            or os.sep != "/" and os.sep in model)
+
+
+def check_model_name(model: str) -> str:
+    """The path or hub name to load for ``model``; a missing folder is named as such, before any download."""
+    if not isinstance(model, str) or not model.strip():
+        raise SalienceBenchError(f"model {model!r} must be '{BUNDLED_MODEL}', a local folder or a Hugging Face name")
+    path = resolve_model_path(model)
+    expanded = os.path.expanduser(path)
+    if os.path.isfile(expanded):
+        raise SalienceBenchError(f"model {model!r} is a file; give the folder that holds config.json and the weights")
+    if _looks_like_a_path(path) and not os.path.isdir(expanded):
+        raise SalienceBenchError(f"model folder {model!r} does not exist (a Hugging Face name is 'name' or 'org/name')")
+    return expanded if os.path.isdir(expanded) else path
+
+
 def load_model_and_tokenizer(
     model: str = BUNDLED_MODEL, *, num_labels: int = 2, seed: int = 0, dtype: torch.dtype | None = None
 ):
@@ -39,7 +59,7 @@ def load_model_and_tokenizer(
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = resolve_model_path(model)
+    path = check_model_name(model)
     torch.manual_seed(seed)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -47,10 +67,10 @@ def load_model_and_tokenizer(
             path, num_labels=num_labels, ignore_mismatched_sizes=True,  # a head of another size is replaced
             **({"dtype": dtype} if dtype is not None else {})
         )
-    except (OSError, ValueError) as err:
+    except Exception as err:  # transformers, safetensors and the hub raise many types for a bad checkpoint
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SalienceBenchError(
-            f"cannot load model {model!r}: {first_line} "
+            f"cannot load model {model!r}: {first_line} [{type(err).__name__}] "
             f"(use '{BUNDLED_MODEL}', a local folder, or a Hugging Face name when online)"
         ) from err
     if tokenizer.pad_token is None:

@@ -14,6 +14,7 @@ builds masks and tables and writes.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -29,6 +30,7 @@ from .errors import SalienceBenchError
 from .masks import Mask, MaskSpec
 from .models import eligible_parameters, load_model_and_tokenizer
 from .report import io as report_io
+from .report.output import OutputFolder
 from .runtime import DEVICE_CHOICES, _DEVICE, quiet_transformers, resolve_device
 from .scorers import get_scorer, resolve_metrics, resolve_options
 from .scoring import Scores, score
@@ -71,6 +73,11 @@ class TrainingPlan:
         unknown = [b for b in self.baselines if b not in list_baselines()]
         if unknown:
             raise SalienceBenchError(f"unknown baseline {unknown[0]!r}; valid: {', '.join(list_baselines())}")
+        for name in ("lr", "full_lr", "weight_decay"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0 and (value > 0 or name == "weight_decay")):
+                raise SalienceBenchError(f"{name.replace('_', '-')} {value!r} must be a finite number "
+                                         f"{'≥ 0' if name == 'weight_decay' else '> 0'}")
         if self.seeds is not None:
             object.__setattr__(self, "seeds", tuple(dict.fromkeys(self.seeds)))
 
@@ -174,24 +181,33 @@ class Comparison:
         return analysis.pair_matrix(frame, value, self.metrics)
 
 
-def prepare_output(out: str | Path | None, *, overwrite: bool = False, started: datetime | None = None) -> Path:
-    """Check (rank 0) and agree on (every rank) the results folder before any expensive work.
+def prepare_output(out: str | Path | None, *, overwrite: bool = False, config: CompareConfig | None = None,
+                   started: datetime | None = None) -> OutputFolder:
+    """Check, lock and stage the results folder (rank 0) before any expensive work; every rank learns
+    where to write (``folder.work``). Default: ``results/compare-<UTC timestamp>``.
 
-    Default: ``results/compare-<UTC timestamp>``.
+    The run is written into ``<out>.partial`` and swapped into ``<out>`` by ``folder.finish()``; an
+    unfinished run there with the same ``config`` is resumed, with another one refused (see
+    :mod:`salience_bench.report.output`).
     """
     distributed.init_from_environment()
     started = started or datetime.now(timezone.utc)
-    prepared: str | SalienceBenchError = ""
+    path = Path(out) if out else Path("results") / f"compare-{started.strftime('%Y%m%d-%H%M%S')}"
+    folder = OutputFolder(path, overwrite=overwrite, config=config.to_dict() if config is not None else None)
+    outcome: tuple[str, bool] | SalienceBenchError = (str(path), False)
     if distributed.is_main():
         try:
-            prepared = str(report_io.prepare_output_dir(
-                out or Path("results") / f"compare-{started.strftime('%Y%m%d-%H%M%S')}", overwrite=overwrite))
+            folder.open()
+            outcome = (str(path), folder.resuming)
         except SalienceBenchError as err:
-            prepared = err
-    prepared = distributed.broadcast_object(prepared)
-    if isinstance(prepared, SalienceBenchError):
-        raise prepared
-    return Path(prepared)
+            outcome = err
+    outcome = distributed.broadcast_object(outcome)
+    if isinstance(outcome, SalienceBenchError):
+        raise outcome
+    if not distributed.is_main():
+        folder = OutputFolder(outcome[0], overwrite=overwrite)
+        folder.resuming = outcome[1]
+    return folder
 
 
 def run_comparison(config: CompareConfig, *, tables: bool = True, on_device: bool = False, progress: bool = False,
@@ -202,6 +218,9 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, on_device: boo
     started = datetime.now(timezone.utc)
     distributed.init_from_environment()
     device = resolve_device(config.device)
+    if config.training is not None and config.dtype == "float16" and device.type == "cpu":
+        raise SalienceBenchError("dtype float16 cannot train on the CPU (half-precision CPU training gives NaN "
+                                 "losses); valid here: float32, bfloat16, or float16 on a GPU")
     quiet_transformers()
     log(f"loading dataset {config.dataset} and model {config.model} …")
     data = load_dataset(config.dataset, "train")
@@ -210,7 +229,12 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, on_device: boo
     model.to(device)
     params = eligible_parameters(model, config.include, config.exclude)
     eligible = sum(p.numel() for p in params.values())
-    config.mask.check_total(eligible)
+    config.mask.check_shapes({name: p.shape for name, p in params.items()})
+    if "smt_block" in config.metrics:
+        largest = max(max(p.shape) for p in params.values())
+        if config.score_options["block_size"] > largest:
+            raise SalienceBenchError(f"block size {config.score_options['block_size']} (smt_block) is larger than every "
+                                     f"eligible tensor (longest side {largest}); valid: 1 … {largest}")
     needs_data = any(get_scorer(m).uses_data for m in config.metrics)
     batches = (make_batches(data, tokenizer, batch_size=config.batch_size, num_batches=config.batches,
                             max_length=config.max_length, seed=config.seed) if needs_data else None)
@@ -267,7 +291,8 @@ class Downstream:
         )[["run", "seeds", "trainable_params", "accuracy", "peak_MiB", "s_per_step", "TFLOPs"]]
 
 
-def run_downstream(result: Comparison, out_dir: Path, *, progress: bool = False, log: Log = _silent) -> Downstream:
+def run_downstream(result: Comparison, out_dir: Path, *, figures: bool = True, progress: bool = False,
+                   log: Log = _silent) -> Downstream:
     """Fine-tune with each metric's mask and with the baselines (``config.training``), resuming
     from what ``out_dir`` already holds; writes downstream.csv, drift.csv, eval_curve.csv and figures."""
     from .training.suite import CURVE_CSV, DOWNSTREAM_CSV, DRIFT_CSV, run_suite, summary_frame
@@ -289,7 +314,7 @@ def run_downstream(result: Comparison, out_dir: Path, *, progress: bool = False,
     )
     files = [DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV]
     summary = summary_frame(rows)
-    if distributed.is_main():
+    if figures and distributed.is_main():
         files += _downstream_figures(out_dir / "figures", summary, drift, config, eval_data.split, result.device)
     return Downstream(rows=rows, summary=summary, eval_split=eval_data.split, files=files)
 
@@ -376,3 +401,37 @@ def _downstream_figures(fig_dir: Path, summary: pd.DataFrame, drift: pd.DataFram
         written += figures.save(figures.drift_plot(drift, title=f"Mask drift, update every {plan.mask_update_every} steps"),
                                 fig_dir, "drift")
     return [str(p.relative_to(fig_dir.parent)) for p in written]
+
+
+@dataclass
+class Run:
+    """A finished :func:`run_and_write`: the comparison, the downstream runs (if any) and where they are."""
+
+    comparison: Comparison
+    downstream: Downstream | None
+    path: Path
+
+
+def run_and_write(config: CompareConfig, out: str | Path | None = None, *, overwrite: bool = False,
+                  figures: bool = True, command: str | None = None, progress: bool = False, log: Log = _silent) -> Run:
+    """Everything the CLI does: stage the folder, compare, train (``config.training``), write, and swap the
+    finished run into ``out``. On any error or interrupt ``out`` is unchanged, and finished downstream runs
+    stay in ``<out>.partial`` for the same call to resume."""
+    folder = prepare_output(out, overwrite=overwrite, config=config)
+    log(f"salience_bench.compare: metrics {', '.join(config.metrics)} → {folder.path}"
+        + (f" (resuming the unfinished run in {folder.work})" if folder.resuming else ""))
+    try:
+        result = run_comparison(config, progress=progress, log=log)
+        downstream = (run_downstream(result, folder.work, figures=figures, progress=progress, log=log)
+                      if config.training else None)
+        if distributed.is_main():
+            write_comparison(result, folder.work, figures=figures, downstream=downstream, command=command)
+            folder.finish()
+    except OSError as err:
+        folder.abandon()
+        raise SalienceBenchError(f"writing the results into {str(folder.work)!r} failed: {err.strerror or err}; "
+                                 f"{str(folder.path)!r} is unchanged") from err
+    except BaseException:
+        folder.abandon()  # keeps finished downstream runs, so the same call resumes
+        raise
+    return Run(result, downstream, folder.path)

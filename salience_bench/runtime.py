@@ -7,7 +7,10 @@ device string means the same thing everywhere and its error names the valid choi
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -55,3 +58,24 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised as an exception so that ``finally`` blocks clean up unfinished files on the way out."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def raise_on_sigterm() -> Iterator[None]:
+    """Inside the block, SIGTERM raises :class:`Terminated` in the main thread (a no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

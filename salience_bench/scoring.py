@@ -22,6 +22,7 @@ from .accumulators import Accumulator, get_accumulator, with_dependencies
 from .errors import SalienceBenchError
 from .model_state import ScoringMode
 from .models import eligible_parameters
+from .data import batch_examples
 from .runtime import to_device
 from .scorers import ModelContext, TensorStats, get_scorer, resolve_metrics, resolve_options
 
@@ -33,6 +34,24 @@ class Scores(dict):
     def __init__(self, per_tensor: Mapping[str, Mapping[str, torch.Tensor]] = (), network: Mapping[str, float] = ()):
         super().__init__(per_tensor)
         self.network: dict[str, float] = dict(network)
+
+
+def _check_batch(model: nn.Module, batch: Any, index: int) -> None:
+    """A clear error for a batch the model cannot take: not a dict, no examples, labels out of range."""
+    if not isinstance(batch, Mapping):
+        raise SalienceBenchError(f"scoring batch {index} is a {type(batch).__name__}; batches must be dicts "
+                                 "accepted by model(**batch), e.g. from salience_bench.make_batches")
+    if batch_examples(batch) == 0:
+        raise SalienceBenchError(f"scoring batch {index} holds no examples")
+    labels = batch.get("labels")
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    # One integer label per example (token labels of a language model are 2-D): class indices.
+    if isinstance(labels, torch.Tensor) and labels.dim() == 1 and not labels.is_floating_point() and num_labels:
+        low, high = (int(v) for v in torch.stack([labels.min(), labels.max()]).tolist())
+        if low < 0 or high >= num_labels:
+            bad = low if low < 0 else high
+            raise SalienceBenchError(f"scoring batch {index} has label {bad}, but the model has {num_labels} classes "
+                                     f"(valid labels: 0 … {num_labels - 1})")
 
 
 def _loss(model: nn.Module, batch: Mapping[str, torch.Tensor], index: int) -> torch.Tensor:
@@ -82,6 +101,7 @@ def _run_pass(
             stack.enter_context(_gradient_hooks(params, [a for a in plain if a.needs_backward]))
         with torch.set_grad_enabled(backward):
             for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+                _check_batch(model, batch, num_batches)
                 batch = to_device(batch, device)
                 for acc in accumulators:
                     acc.start_batch(batch)
@@ -160,7 +180,7 @@ def score(
     names = resolve_metrics(metrics)
     scorers = [get_scorer(n) for n in names]
     options = resolve_options(options)
-    params = dict(params) if params is not None else eligible_parameters(model, include, exclude)
+    params = _checked_params(model, params) if params is not None else eligible_parameters(model, include, exclude)
     needs = set().union(*(s.needs for s in scorers if not s.whole_model))
     data_users = sorted(s.name for s in scorers if s.uses_data)
     if data_users and batches is None:
@@ -194,6 +214,17 @@ def score(
             }
         result[scorer.name] = _checked(scorer.name, per_tensor, params)
     return result
+
+
+def _checked_params(model: nn.Module, params: Any) -> dict[str, nn.Parameter]:
+    if not isinstance(params, Mapping) or not params:
+        raise SalienceBenchError(f"params must be a non-empty dict of the model's parameters by name, got {params!r:.60}")
+    own = {id(p) for p in model.parameters()}
+    for name, p in params.items():
+        if not isinstance(p, nn.Parameter) or id(p) not in own:
+            raise SalienceBenchError(f"params[{name!r}] is not a parameter of the model ({type(p).__name__}); "
+                                     "pass entries of dict(model.named_parameters())")
+    return dict(params)
 
 
 def _checked(metric: str, per_tensor: dict[str, torch.Tensor], params: Mapping[str, nn.Parameter]) -> dict[str, torch.Tensor]:

@@ -93,9 +93,15 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(((xc * yc).sum() / denom).clamp(-1.0, 1.0).item())
 
 
+def _has_nan(parts: list[torch.Tensor]) -> bool:
+    return any(p.is_floating_point() and bool(torch.isnan(p).any()) for p in parts)
+
+
 def spearman(a: TensorOrDict, b: TensorOrDict) -> float:
-    """Spearman ρ over all entries (tie-averaged ranks), equal to scipy.stats.spearmanr."""
+    """Spearman ρ over all entries (tie-averaged ranks), equal to scipy.stats.spearmanr (NaN in → NaN out)."""
     xs, ys = _pair(a, b)
+    if _has_nan(xs) or _has_nan(ys):
+        return math.nan
     return pearson(average_ranks(_flat(xs)), average_ranks(_flat(ys)))
 
 
@@ -159,12 +165,15 @@ def kendall_tau_b(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def kendall(a: TensorOrDict, b: TensorOrDict, *, max_n: int | None = None, seed: int = 0) -> float:
-    """Kendall τ-b over all entries; with ``max_n``, over a seeded uniform subsample of that many."""
+    """Kendall τ-b over all entries; with ``max_n``, over a seeded uniform subsample of that many
+    (NaN in → NaN out, as scipy)."""
     return kendall_with_n(a, b, max_n=max_n, seed=seed)[0]
 
 
 def sample_indices(n: int, max_n: int | None, seed: int = 0, device: torch.device | str = "cpu") -> torch.Tensor | None:
     """A seeded uniform sample of ``max_n`` of ``n`` positions (None when all ``n`` are used)."""
+    if max_n is not None and (isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 2):
+        raise SalienceBenchError(f"max_n={max_n!r} must be an integer ≥ 2 (or None for all entries)")
     if max_n is None or n <= max_n:
         return None
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_n].to(device)
@@ -177,6 +186,8 @@ def kendall_with_n(
     xs, ys = _pair(a, b)
     x, y = _flat(xs), _flat(ys)
     pick = sample_indices(x.numel(), max_n, seed, x.device)
+    if _has_nan(xs) or _has_nan(ys):
+        return math.nan, x.numel() if pick is None else pick.numel()
     if pick is not None:
         x, y = x[pick], y[pick]
     return kendall_tau_b(x, y), x.numel()

@@ -31,7 +31,7 @@ def test_bundled_model_loads_offline_with_a_new_head():
 
 
 def test_unknown_model_is_a_clear_error(tmp_path):
-    with pytest.raises(sb.SalienceBenchError, match="cannot load model"):
+    with pytest.raises(sb.SalienceBenchError, match="model folder .* does not exist"):
         sb.load_model_and_tokenizer(str(tmp_path / "missing"))
 
 

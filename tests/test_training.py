@@ -178,13 +178,7 @@ def test_train_cli_writes_downstream_and_drift_and_resumes(tiny_model_dir, tmp_p
         assert (out / "figures" / name).is_file()
     manifest = json.loads((out / "manifest.json").read_text())
     assert "downstream.csv" in manifest["files"]
-    # An interrupted run (no manifest yet) resumes: finished runs are not repeated.
-    (out / "manifest.json").unlink()
-    before = (out / "downstream.csv").read_bytes()
-    result = run_cli(*args[:-1], "full,lora,pissa")
-    assert result.returncode == 0, result.stderr
-    assert "resuming: 10 of 10" in result.stderr.replace("\n", " ") or (out / "downstream.csv").read_bytes() == before
-    assert (out / "downstream.csv").read_bytes() == before
+    # Interrupted runs and resuming: tests/test_reliability.py (real processes and signals).
 
 
 @pytest.mark.parametrize(
@@ -193,7 +187,7 @@ def test_train_cli_writes_downstream_and_drift_and_resumes(tiny_model_dir, tmp_p
         (["--mask-update-every", "0"], "0 must be ≥ 1"),
         (["--steps", "0"], "0 must be ≥ 1"),
         (["--baselines", "qlora"], "unknown baseline 'qlora'"),
-        (["--lr", "-1"], "must be > 0"),
+        (["--lr", "-1"], "-1 must be a finite number > 0"),
         (["--seeds", "a,b"], "not a comma-separated list"),
     ],
 )

@@ -15,7 +15,6 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from ..errors import SalienceBenchError
 
 MANIFEST = "manifest.json"
 
@@ -53,26 +52,6 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def prepare_output_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Create ``path`` and check it is writable, before any expensive work starts.
-
-    A folder that already holds a finished run (a manifest) is refused unless ``overwrite``,
-    so earlier results are never silently replaced.
-    """
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise SalienceBenchError(f"output folder {str(path)!r} is not writable: {err.strerror or err}") from err
-    if (path / MANIFEST).exists() and not overwrite:
-        raise SalienceBenchError(
-            f"output folder {str(path)!r} already holds a finished run; pass --overwrite or choose another --out"
-        )
-    return path
 
 
 def git_commit(start: str | os.PathLike | None = None) -> str | None:

@@ -7,6 +7,7 @@ them and counted separately.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -147,6 +148,7 @@ def run_one(
     model.train()
     flops_per_step = 0
     step_seconds = 0.0
+    losses: list[torch.Tensor] = []
     with PeakMemory(device) as peak:
         optimizer = torch.optim.AdamW(opt_params, lr=trainer.learning_rate(), weight_decay=config.weight_decay)
 
@@ -157,6 +159,7 @@ def run_one(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             trainer.after_optimizer_step()
+            losses.append(loss.detach())
 
         for i in tqdm(range(1, config.steps + 1), desc=label, unit="step", disable=not progress, leave=False):
             batch = to_device(distributed.shard_rows(next(stream)), device)  # each rank: its rows of the global batch
@@ -169,6 +172,11 @@ def run_one(
                     step(batch)
                     synchronize(device)
                 step_seconds += t[0]
+            loss = float(losses.pop())  # read outside the timed region
+            if not math.isfinite(loss):
+                raise SalienceBenchError(
+                    f"{label}: the training loss is {loss} at step {i}; lower the learning rate "
+                    f"({trainer.learning_rate():g}) or train in float32 (the model is {next(model.parameters()).dtype})")
             if trainer.update_due(i):
                 synchronize(device)
                 with timed() as t:

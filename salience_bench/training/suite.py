@@ -11,6 +11,7 @@ from .. import distributed
 from ..errors import SalienceBenchError
 from ..report.runlog import RunLog
 from ..stats import mean_ci
+from .methods import get_method
 from .loop import CURVE_COLUMNS, DOWNSTREAM_COLUMNS, DRIFT_COLUMNS, RunInputs, TrainConfig, run_one
 
 DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV = "downstream.csv", "drift.csv", "eval_curve.csv"
@@ -83,12 +84,5 @@ def summary_frame(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_labels(rows: pd.DataFrame) -> list[str]:
-    labels = []
-    for r in rows.itertuples(index=False):
-        if r.method == "sparse":
-            labels.append(f"sparse {r.metric}" + ("" if r.mask_schedule == "static" else f" ({r.mask_schedule})"))
-        elif r.method in ("lora", "pissa"):
-            labels.append(f"{r.method} r={int(float(r.lora_rank))}")
-        else:
-            labels.append(str(r.method))
-    return labels
+    """Each row's label in tables and figures, as its method names it ("sparse grad", "lora r=3" …)."""
+    return [get_method(str(r["method"])).label(r) for r in rows.to_dict("records")]

@@ -90,6 +90,11 @@ class TrainingMethod:
         return dict(metric="", density=self.setup.target_count / self.setup.total, scope="", mask_schedule="",
                     lora_rank=None)
 
+    @classmethod
+    def label(cls, row: Mapping[str, Any]) -> str:
+        """How a finished run (a downstream row) is named in tables and figures."""
+        return cls.name
+
     # Step hooks: called by the loop around each step (no-ops unless a method needs them).
     def observe(self, batch: Mapping[str, torch.Tensor]) -> None:
         """Each training batch, before its step."""

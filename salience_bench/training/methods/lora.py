@@ -68,3 +68,7 @@ class LoRA(TrainingMethod):
 
     def record(self) -> dict:
         return {**super().record(), "lora_rank": self.rank}
+
+    @classmethod
+    def label(cls, row) -> str:
+        return f"{cls.name} r={int(float(row['lora_rank']))}"

@@ -62,6 +62,11 @@ class SparseFineTuning(TrainingMethod):
         return dict(metric=self.setup.metric, density=self.engine.num_selected / self.setup.total,
                     scope=self.config.mask.scope, mask_schedule=self.config.schedule, lora_rank=None)
 
+    @classmethod
+    def label(cls, row) -> str:
+        schedule = row["mask_schedule"]
+        return f"sparse {row['metric']}" + ("" if schedule == "static" else f" ({schedule})")
+
     def observe(self, batch) -> None:
         self.recent.append(batch)
 
