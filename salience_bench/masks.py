@@ -13,6 +13,7 @@ scores therefore always give bitwise-identical masks.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+import math
 from typing import Mapping, Sequence
 
 import torch
@@ -20,7 +21,7 @@ import torch
 from .errors import SalienceBenchError
 from .tiles import block_sums, expand_tiles
 
-Mask = dict[str, torch.Tensor]
+Mask = Mapping[str, torch.Tensor]
 SCOPES = ("global", "layer")
 STRUCTURES = ("unstructured", "row", "block", "nm")
 
@@ -51,12 +52,19 @@ def kth_largest_key(scores: Mapping[str, torch.Tensor], k: int) -> tuple[int, in
     return bracketed if bracketed is not None else radix_kth_largest_key(scores, k)
 
 
+def _numel(scores: Mapping[str, torch.Tensor], name: str) -> int:
+    """A tensor's size without computing it where the mapping knows its shape (scores computed on access)."""
+    shape_of = getattr(scores, "shape_of", None)
+    return math.prod(shape_of(name)) if shape_of is not None else scores[name].numel()
+
+
 def _bracketed_threshold(scores: Mapping[str, torch.Tensor], k: int) -> tuple[int, int] | None:
-    total = sum(s.numel() for s in scores.values())
+    total = sum(_numel(scores, n) for n in scores)
     if total <= 4 * _SAMPLE:
         return None  # small: the radix select is as fast
     stride = -(-total // _SAMPLE)
-    sample = torch.sort(torch.cat([s.detach().reshape(-1)[::stride].float() for s in scores.values()]),
+    # clone(): a strided view would keep each whole score tensor alive (scores may be computed on access)
+    sample = torch.sort(torch.cat([s.detach().reshape(-1)[::stride].float().clone() for s in scores.values()]),
                         descending=True).values
     m = sample.numel()
     q = k / total
@@ -64,21 +72,22 @@ def _bracketed_threshold(scores: Mapping[str, torch.Tensor], k: int) -> tuple[in
     hi_rank, lo_rank = int(q * m - margin), int(q * m + margin)
     hi = sample[hi_rank] if hi_rank >= 0 else None
     lo = sample[lo_rank] if lo_rank < m else None
-    flats = [s.detach().reshape(-1) for s in scores.values()]
 
     def band(flat: torch.Tensor) -> torch.Tensor:
         inside = flat >= lo if lo is not None else torch.ones_like(flat, dtype=torch.bool)
         return inside & (flat <= hi) if hi is not None else inside
 
-    # Counts stay on the device until one read for all tensors: no per-tensor host sync.
-    above = [torch.count_nonzero(flat > hi) for flat in flats] if hi is not None else []
-    in_band = torch.stack([torch.count_nonzero(band(flat)) for flat in flats]).tolist()
+    # One pass, one tensor at a time: counts above the bracket, and the few scores inside it.
+    above, inside = [], []
+    for s in scores.values():
+        flat = s.detach().reshape(-1)
+        if hi is not None:
+            above.append(torch.count_nonzero(flat > hi))
+        inside.append(flat[band(flat)])
     above_n = int(torch.stack(above).sum().item()) if above else 0
-    if not above_n < k <= above_n + sum(in_band):
+    candidates = torch.cat(inside)
+    if not above_n < k <= above_n + candidates.numel():
         return None
-    candidates = torch.cat([
-        flat[torch.nonzero_static(band(flat), size=count).squeeze(1)] for flat, count in zip(flats, in_band)
-    ])
     value = torch.topk(candidates.float(), k - above_n).values[-1]
     threshold = int(_ordered_keys(value.reshape(1)).item())
     strictly_above = above_n + int((candidates > value).sum().item())
@@ -119,13 +128,57 @@ def _walk_down(hist: torch.Tensor, k: int) -> tuple[int, int]:
     return hist.numel() - 1 - j, k - above
 
 
-def top_k_mask(scores: Mapping[str, torch.Tensor], k: int) -> Mask:
-    """Exactly ``k`` True entries over all tensors: the largest scores, ties by position."""
-    total = sum(s.numel() for s in scores.values())
+class MaskSet(Mapping[str, torch.Tensor]):
+    """Masks kept compactly: the sorted selected flat positions of each tensor (int32 where the tensor allows),
+    materialised as a boolean mask shaped like the tensor when read (``masks[name]``)."""
+
+    def __init__(self, indices: Mapping[str, torch.Tensor], shapes: Mapping[str, Sequence[int]]):
+        self._indices, self._shapes = dict(indices), {n: torch.Size(shapes[n]) for n in indices}
+
+    @classmethod
+    def from_bool(cls, masks: Mapping[str, torch.Tensor]) -> "MaskSet":
+        return cls({n: _positions(m) for n, m in masks.items()}, {n: m.shape for n, m in masks.items()})
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        index = self._indices[name]
+        mask = torch.zeros(math.prod(self._shapes[name]), dtype=torch.bool, device=index.device)
+        mask[index.long()] = True
+        return mask.view(self._shapes[name])
+
+    def __iter__(self):
+        return iter(self._indices)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def shape_of(self, name: str) -> torch.Size:
+        return self._shapes[name]
+
+    def indices(self, name: str) -> torch.Tensor:
+        """Sorted flat positions of the selected entries of ``name``."""
+        return self._indices[name]
+
+    def count(self, name: str | None = None) -> int:
+        """Selected entries in ``name``, or in all tensors."""
+        return self._indices[name].numel() if name is not None else sum(i.numel() for i in self._indices.values())
+
+    def nbytes(self) -> int:
+        return sum(i.numel() * i.element_size() for i in self._indices.values())
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    flat = mask.reshape(-1)
+    index = flat.nonzero().squeeze(1)
+    return index.to(torch.int32) if flat.numel() < 2**31 else index
+
+
+def top_k_mask(scores: Mapping[str, torch.Tensor], k: int) -> MaskSet:
+    """Exactly ``k`` selected entries over all tensors: the largest scores, ties by position."""
+    total = sum(_numel(scores, n) for n in scores)
     if not 0 < k <= total:
         raise SalienceBenchError(f"k={k} must be between 1 and the number of eligible weights ({total})")
     threshold, take_equal = kth_largest_key(scores, k)
-    masks: Mask = {}
+    indices, shapes = {}, {}
     for name, s in scores.items():
         keys = _ordered_keys(s)
         mask = keys > threshold
@@ -139,8 +192,8 @@ def top_k_mask(scores: Mapping[str, torch.Tensor], k: int) -> Mask:
                     flat = equal.reshape(-1)
                     mask |= (flat & (flat.cumsum(0) <= take_equal)).reshape(s.shape)
                 take_equal -= min(n_equal, take_equal)
-        masks[name] = mask
-    return masks
+        indices[name], shapes[name] = _positions(mask), s.shape
+    return MaskSet(indices, shapes)
 
 
 def _is_int(value) -> bool:
@@ -238,28 +291,29 @@ class MaskSpec:
         if self.scope == "layer" and not any(selection_count(n, self.density) for n in counts.values()):
             raise SalienceBenchError(f"density={self.density} selects 0 {unit} in every tensor; raise it")
 
-    def apply(self, scores: Mapping[str, torch.Tensor]) -> Mask:
-        """Boolean masks for ``scores`` (see :func:`make_mask`)."""
+    def apply(self, scores: Mapping[str, torch.Tensor]) -> "MaskSet":
+        """The masks for ``scores`` (see :func:`make_mask`), kept as selected positions per tensor."""
         if not isinstance(scores, Mapping) or not scores:
             raise SalienceBenchError(f"scores must be a non-empty dict of tensors by name, got {type(scores).__name__}"
                                      + (" (empty)" if isinstance(scores, Mapping) else ""))
-        for name, s in scores.items():
+        shapes = {}
+        for name, s in scores.items():  # one tensor at a time (scores may be computed on access)
             if not isinstance(s, torch.Tensor):
                 raise SalienceBenchError(f"scores of {name!r} must be a tensor, got {type(s).__name__}")
             if s.is_floating_point() and not torch.isfinite(s).all():
                 raise SalienceBenchError(f"scores of {name!r} contain NaN or inf; cannot rank them")
-        self.check_shapes({name: s.shape for name, s in scores.items()})
-        if self.structure == "nm":
-            return {name: _nm_mask(s, *self.nm) for name, s in scores.items()}
-        if self.structure == "row":
-            return {name: _row_mask(s, self.density) for name, s in scores.items()}
+            shapes[name] = s.shape
+        self.check_shapes(shapes)
+        if self.structure in ("nm", "row"):
+            select = (lambda s: _nm_mask(s, *self.nm)) if self.structure == "nm" else (lambda s: _row_mask(s, self.density))
+            return MaskSet({name: _positions(select(s)) for name, s in scores.items()}, shapes)
         if self.structure == "block":
             block = self.block_size
             tiles = {name: block_sums(_as_2d(s), block) for name, s in scores.items()}
             tile_k = None if self.k is None else max(1, min(round(self.k / block**2), sum(t.numel() for t in tiles.values())))
             tile_masks = _unstructured(tiles, self.density if self.k is None else None, tile_k, self.scope)
-            return {name: expand_tiles(tile_masks[name], block, _as_2d(s).shape).reshape(s.shape)
-                    for name, s in scores.items()}
+            return MaskSet({name: _positions(expand_tiles(tile_masks[name], block, _as_2d_shape(shapes[name])))
+                            for name in scores}, shapes)
         return _unstructured(scores, self.density, self.k, self.scope)
 
     def describe(self, realised_density: float | None = None) -> str:
@@ -283,8 +337,9 @@ def make_mask(
     structure: str = "unstructured",
     block_size: int = 64,
     nm: tuple[int, int] = (2, 4),
-) -> Mask:
-    """Boolean masks selecting the highest-scoring weights (the options are those of :class:`MaskSpec`).
+) -> "MaskSet":
+    """Masks selecting the highest-scoring weights (the options are those of :class:`MaskSpec`): a mapping
+    from tensor name to a boolean mask shaped like it, kept compactly as selected positions.
 
     Structures: ``unstructured``; ``row`` (round(d·columns) entries in every output row, as
     Wanda; exact per row); ``block`` (block_size² tiles ranked by their summed score, SMT-style:
@@ -297,17 +352,17 @@ def make_mask(
     return spec.apply(scores)
 
 
-def _unstructured(scores: Mapping[str, torch.Tensor], density: float | None, k: int | None, scope: str) -> Mask:
-    total = sum(s.numel() for s in scores.values())
+def _unstructured(scores: Mapping[str, torch.Tensor], density: float | None, k: int | None, scope: str) -> MaskSet:
     if k is not None:
         return top_k_mask(scores, k)
-    if scope == "global":
-        return top_k_mask(scores, selection_count(total, density))  # MaskSpec.check_shapes ensured count ≥ 1
-    masks: Mask = {}
+    if scope == "global":  # MaskSpec.check_shapes ensured a count ≥ 1
+        return top_k_mask(scores, selection_count(sum(_numel(scores, n) for n in scores), density))
+    indices, shapes = {}, {}
     for name, s in scores.items():
         count = selection_count(s.numel(), density)
-        masks[name] = top_k_mask({name: s}, count)[name] if count else torch.zeros(s.shape, dtype=torch.bool, device=s.device)
-    return masks
+        one = top_k_mask({name: s}, count) if count else MaskSet.from_bool({name: torch.zeros(s.shape, dtype=torch.bool, device=s.device)})
+        indices[name], shapes[name] = one.indices(name), s.shape
+    return MaskSet(indices, shapes)
 
 
 def _as_2d(s: torch.Tensor) -> torch.Tensor:

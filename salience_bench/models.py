@@ -49,24 +49,73 @@ def check_model_name(model: str) -> str:
     return expanded if os.path.isdir(expanded) else path
 
 
+TASKS = ("classification", "causal-lm")
+_CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")  # transformers' naming of next-token-prediction heads
+
+
+def _conv1d_type() -> type | None:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return None
+    return Conv1D
+
+
+def linear_types() -> tuple[type, ...]:
+    """Modules that are linear maps of their input's last dimension: ``nn.Linear`` (weight out × in)
+    and transformers' ``Conv1D`` (GPT-2 family; weight stored transposed, in × out)."""
+    conv1d = _conv1d_type()
+    return (nn.Linear, conv1d) if conv1d is not None else (nn.Linear,)
+
+
+def is_linear(module: nn.Module) -> bool:
+    return isinstance(module, linear_types())
+
+
+def weight_is_transposed(module: nn.Module) -> bool:
+    """True where the weight is stored in × out (``Conv1D``: y = x W + b) rather than out × in."""
+    conv1d = _conv1d_type()
+    return conv1d is not None and isinstance(module, conv1d)
+
+
+def infer_task(model: str) -> str:
+    """``causal-lm`` for a checkpoint whose saved architecture is a next-token head, else ``classification``."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(check_model_name(model))
+    except Exception as err:  # the same boundary as loading: any failure is a bad model argument
+        raise SalienceBenchError(f"cannot read the config of model {model!r}: {str(err).strip().splitlines()[0]}") from err
+    architectures = getattr(config, "architectures", None) or []
+    return "causal-lm" if any(a.endswith(_CAUSAL_HEADS) for a in architectures) else "classification"
+
+
 def load_model_and_tokenizer(
-    model: str = BUNDLED_MODEL, *, num_labels: int = 2, seed: int = 0, dtype: torch.dtype | None = None
+    model: str = BUNDLED_MODEL, *, num_labels: int = 2, seed: int = 0, dtype: torch.dtype | None = None,
+    task: str = "classification",
 ):
-    """A sequence classifier with ``num_labels`` classes and its tokenizer.
+    """The model for ``task`` and its tokenizer.
 
-    The task head is newly initialised; ``seed`` fixes that initialisation, so the
-    same seed gives the same gradients and therefore the same masks.
+    ``classification``: a sequence classifier with a newly initialised ``num_labels``-way head
+    (``seed`` fixes it, so the same seed gives the same gradients and masks). ``causal-lm``: the
+    checkpoint's own language-model head. ``auto``: from the checkpoint (see :func:`infer_task`).
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    if task == "auto":
+        task = infer_task(model)
+    if task not in TASKS:
+        raise SalienceBenchError(f"unknown task {task!r}; valid: auto, {', '.join(TASKS)}")
     path = check_model_name(model)
     torch.manual_seed(seed)
+    options = {"dtype": dtype} if dtype is not None else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        net = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, ignore_mismatched_sizes=True,  # a head of another size is replaced
-            **({"dtype": dtype} if dtype is not None else {})
-        )
+        if task == "causal-lm":
+            net = AutoModelForCausalLM.from_pretrained(path, **options)
+        else:
+            net = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, ignore_mismatched_sizes=True, **options)  # a head of another size is replaced
     except Exception as err:  # transformers, safetensors and the hub raise many types for a bad checkpoint
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SalienceBenchError(
@@ -76,29 +125,29 @@ def load_model_and_tokenizer(
     if tokenizer.pad_token is None:
         # Decoder-only models often ship without one; padding with EOS is the usual choice.
         tokenizer.pad_token = tokenizer.eos_token
+    if getattr(net.config, "pad_token_id", None) is None:
         net.config.pad_token_id = tokenizer.pad_token_id
     return net, tokenizer
 
 
 def _default_eligible(module_name: str, module: nn.Module) -> bool:
     """Linear layers inside the repeated transformer blocks (a numbered child of a ModuleList)."""
-    return isinstance(module, nn.Linear) and bool(_BLOCK_INDEX.search(module_name + "."))
+    return is_linear(module) and bool(_BLOCK_INDEX.search(module_name + "."))
 
 
 def linear_modules_for(
     model: nn.Module, params: Mapping[str, nn.Parameter], purpose: str = "this is"
-) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` owning each parameter, keyed by parameter name; a clear error otherwise.
-
-    ``purpose`` completes the error message, e.g. "fisher needs per-example gradients, which are".
-    """
-    owners = {id(m.weight): m for m in model.modules() if isinstance(m, nn.Linear)}
+) -> dict[str, nn.Module]:
+    """The linear layer (``nn.Linear`` or ``Conv1D``) owning each parameter, keyed by parameter name;
+    a clear error otherwise. ``purpose`` completes the error message, e.g. "fisher needs per-example
+    gradients, which are"."""
+    owners = {id(m.weight): m for m in model.modules() if is_linear(m)}
     modules = {}
     for name, p in params.items():
         module = owners.get(id(p))
         if module is None:
             raise SalienceBenchError(
-                f"{purpose} computed for nn.Linear weights only; "
+                f"{purpose} computed for linear-layer weights only (nn.Linear, Conv1D); "
                 f"{name!r} is not one (exclude it with --exclude or pick another metric)"
             )
         modules[name] = module
@@ -112,7 +161,7 @@ def eligible_parameters(
 ) -> dict[str, nn.Parameter]:
     """The parameters to score, by name, in model order.
 
-    Default: the ``weight`` of every ``nn.Linear`` inside the transformer blocks (attention
+    Default: the ``weight`` of every linear layer (``nn.Linear``, ``Conv1D``) inside the transformer blocks (attention
     and MLP projections); embeddings, norms, biases, pooler and task head are left out.
     ``include`` (glob patterns over parameter names) replaces that default selection;
     ``exclude`` patterns then remove names.

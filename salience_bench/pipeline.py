@@ -25,10 +25,10 @@ import pandas as pd
 import torch
 
 from . import analysis, distributed
-from .data import TextDataset, check_dataset_name, load_dataset, load_eval_dataset, make_batches
+from .data import Dataset, check_dataset_name, dataset_task, load_dataset, load_eval_dataset, make_batches
 from .errors import SalienceBenchError
 from .masks import Mask, MaskSpec
-from .models import eligible_parameters, load_model_and_tokenizer
+from .models import TASKS, eligible_parameters, infer_task, load_model_and_tokenizer
 from .report import io as report_io
 from .report.output import OutputFolder
 from .runtime import DEVICE_CHOICES, _DEVICE, quiet_transformers, resolve_device
@@ -67,9 +67,16 @@ class TrainingPlan:
     eval_every: int = 0
     mask_update_every: int | None = None
     group_by_length: bool = True
+    eval_examples: int = 0  # causal LMs: greedy-decoded exact match on this many evaluation examples (GSM8K answers)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "baselines", tuple(dict.fromkeys(self.baselines)))
+        baselines = tuple(dict.fromkeys(self.baselines))
+        if "none" in baselines and len(baselines) > 1:
+            raise SalienceBenchError(f"baselines {','.join(baselines)}: 'none' (no baseline) cannot be combined with "
+                                     f"others; valid: a list from {', '.join(list_baselines())}, or none")
+        object.__setattr__(self, "baselines", tuple(b for b in baselines if b != "none"))
+        if isinstance(self.eval_examples, bool) or not isinstance(self.eval_examples, int) or self.eval_examples < 0:
+            raise SalienceBenchError(f"eval-examples {self.eval_examples!r} must be an integer ≥ 0")
         unknown = [b for b in self.baselines if b not in list_baselines()]
         if unknown:
             raise SalienceBenchError(f"unknown baseline {unknown[0]!r}; valid: {', '.join(list_baselines())}")
@@ -89,6 +96,7 @@ class TrainingPlan:
             mask=compare.mask, score_batches=compare.batches, score_batch_size=compare.batch_size,
             score_options=dict(compare.score_options), mask_update_every=self.mask_update_every,
             include=compare.include, exclude=compare.exclude, group_by_length=self.group_by_length,
+            chat_template=compare.chat_template, eval_examples=self.eval_examples,
         )
         config.validate()
         return config
@@ -106,23 +114,34 @@ class CompareConfig:
     mask: MaskSpec = MaskSpec(density=0.01)
     batches: int = 8
     batch_size: int = 32
-    max_length: int = 64
+    max_length: int | None = None  # None: 64 tokens for classification, 512 for prompt/completion data
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
     score_options: Mapping[str, Any] = field(default_factory=dict)
     kendall_sample: int = 20_000
+    max_memory: int | None = None  # bytes for the global rank statistics (default: 80% of the device's free memory)
     training: TrainingPlan | None = None
+    task: str = "auto"  # auto: from the checkpoint (a next-token head → causal-lm); or classification, causal-lm
+    chat_template: bool = True  # prompt/completion data: apply the tokenizer's chat template when it has one
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "metrics", tuple(resolve_metrics(self.metrics)))
+        object.__setattr__(self, "metrics", tuple(resolve_metrics(self.metrics)))  # names, aliases, globs, "all"
         check_dataset_name(self.dataset)
+        if self.task not in ("auto", *TASKS):
+            raise SalienceBenchError(f"unknown task {self.task!r}; valid: auto, {', '.join(TASKS)}")
+        if self.task != "auto" and self.task != dataset_task(self.dataset):
+            raise SalienceBenchError(_task_mismatch(self.task, self.dataset))
+        if self.max_length is None:
+            object.__setattr__(self, "max_length", 512 if dataset_task(self.dataset) == "causal-lm" else 64)
         for name in ("include", "exclude"):
             value = getattr(self, name)
             object.__setattr__(self, name, tuple(value) if value else None)
         if not isinstance(self.mask, MaskSpec):
             raise SalienceBenchError(f"mask must be a MaskSpec, got {type(self.mask).__name__}")
         _positive_ints(self, ("batches", "batch_size", "max_length", "kendall_sample"))
+        if self.max_memory is not None:
+            _positive_ints(self, ("max_memory",))
         if self.dtype not in DTYPES:
             raise SalienceBenchError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
@@ -133,12 +152,27 @@ class CompareConfig:
             if unmaskable:
                 raise SalienceBenchError(f"metrics {unmaskable} give one number per network and cannot drive --train")
 
+    def resolved_task(self) -> str:
+        """The task, with ``auto`` read from the checkpoint; it must fit the dataset."""
+        task = infer_task(self.model) if self.task == "auto" else self.task
+        if task != dataset_task(self.dataset):
+            raise SalienceBenchError(_task_mismatch(task, self.dataset))
+        return task
+
     @property
     def seeds(self) -> tuple[int, ...]:
         return (self.training.seeds if self.training and self.training.seeds else None) or (self.seed,)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _task_mismatch(task: str, dataset: str) -> str:
+    if task == "causal-lm":
+        return (f"dataset {dataset!r} is for classification, but the model is a causal LM: pass --task classification "
+                "(a new classification head) or a prompt/completion dataset (gsm8k, jsonl:PATH)")
+    return (f"dataset {dataset!r} is prompt/completion data for a causal LM, but the model is loaded as a classifier: "
+            "use a causal-LM checkpoint (--task causal-lm) or a classification dataset (sst2, ag_news)")
 
 
 @dataclass
@@ -160,7 +194,7 @@ class Comparison:
     device: torch.device
     model_path: str
     started: datetime
-    train_data: TextDataset | None = field(default=None, repr=False)
+    train_data: Dataset | None = field(default=None, repr=False)
 
     @property
     def network_scores(self) -> dict[str, float]:
@@ -174,6 +208,16 @@ class Comparison:
     @property
     def chance_jaccard(self) -> float:
         return chance_jaccard(self.realised_density)
+
+    def summary_text(self) -> str:
+        """The console summary: sizes, chance level, the global Jaccard and Spearman matrices, network scores."""
+        lines = [f"{len(self.metrics)} metrics, {self.eligible_weights:,} eligible weights, density "
+                 f"{self.realised_density:.4%} (chance-level Jaccard {self.chance_jaccard:.4f})"]
+        if len(self.metrics) > 1:
+            lines += ["", "Jaccard of masks (global):", self.pair_matrix("jaccard").round(3).to_string(),
+                      "", "Spearman ρ of scores (global):", self.pair_matrix("spearman").round(3).to_string()]
+        lines += [f"\nnetwork-level {metric}: {value:.4g}" for metric, value in self.network_scores.items()]
+        return "\n".join(lines)
 
     def pair_matrix(self, value: str) -> pd.DataFrame:
         """``jaccard`` (from the overlap table) or ``spearman`` / ``kendall`` as a metric × metric matrix."""
@@ -210,11 +254,11 @@ def prepare_output(out: str | Path | None, *, overwrite: bool = False, config: C
     return folder
 
 
-def run_comparison(config: CompareConfig, *, tables: bool = True, on_device: bool = False, progress: bool = False,
-                   log: Log = _silent) -> Comparison:
+def run_comparison(config: CompareConfig, *, tables: bool = True, progress: bool = False, log: Log = _silent) -> Comparison:
     """Load the model and data, score every metric in one pass, build masks and (with ``tables``) the
-    overlap, rank-correlation and allocation tables. Scores, masks and statistics move to the CPU unless
-    ``on_device`` (for callers that compute more statistics on a GPU)."""
+    overlap, rank-correlation and allocation tables — all on the model's device. Scores are computed
+    from the accumulators when read and masks are kept as selected positions, so memory grows with the
+    accumulators the metrics share, not with the number of metrics."""
     started = datetime.now(timezone.utc)
     distributed.init_from_environment()
     device = resolve_device(config.device)
@@ -224,8 +268,13 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, on_device: boo
     quiet_transformers()
     log(f"loading dataset {config.dataset} and model {config.model} …")
     data = load_dataset(config.dataset, "train")
-    model, tokenizer = load_model_and_tokenizer(config.model, num_labels=data.num_labels, seed=config.seed,
-                                                dtype=getattr(torch, config.dtype))
+    task = config.resolved_task()
+    model, tokenizer = load_model_and_tokenizer(config.model, num_labels=data.num_labels or 2, seed=config.seed,
+                                                dtype=getattr(torch, config.dtype), task=task)
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if positions and config.max_length > positions:
+        raise SalienceBenchError(f"max length {config.max_length} is longer than the model's {positions} positions; "
+                                 f"use --max-length ≤ {positions}")
     model.to(device)
     params = eligible_parameters(model, config.include, config.exclude)
     eligible = sum(p.numel() for p in params.values())
@@ -237,7 +286,8 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, on_device: boo
                                      f"eligible tensor (longest side {largest}); valid: 1 … {largest}")
     needs_data = any(get_scorer(m).uses_data for m in config.metrics)
     batches = (make_batches(data, tokenizer, batch_size=config.batch_size, num_batches=config.batches,
-                            max_length=config.max_length, seed=config.seed) if needs_data else None)
+                            max_length=config.max_length, seed=config.seed, chat_template=config.chat_template)
+               if needs_data else None)
     log(f"{len(params)} tensors, {eligible:,} eligible weights; "
         + (f"{len(batches)} scoring batches of {config.batch_size}" if batches else "no data needed")
         + (f", shared by {distributed.world_size()} processes" if distributed.active() else ""))
@@ -255,8 +305,6 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, on_device: boo
     )
     if not distributed.is_main():  # rank 0 analyses and writes; the others only help to train
         return result
-    if not on_device:
-        result.scores = Scores({m: {n: s.cpu() for n, s in per.items()} for m, per in scores.items()}, scores.network)
     result.masks = {m: config.mask.apply(s) for m, s in result.scores.items()}
     if result.masks:
         selected = sum(int(x.sum()) for x in next(iter(result.masks.values())).values())
@@ -264,7 +312,7 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, on_device: boo
     if tables and len(metrics) > 1:
         result.overlap = analysis.overlap_frame(result.masks)
         result.ranks = analysis.rank_correlation_frame(result.scores, kendall_max_n=config.kendall_sample,
-                                                       seed=config.seed, progress=progress)
+                                                       seed=config.seed, progress=progress, max_memory=config.max_memory)
     if tables and result.masks:
         result.allocation = analysis.allocation_frame(result.masks)
     return result
@@ -305,8 +353,10 @@ def run_downstream(result: Comparison, out_dir: Path, *, figures: bool = True, p
     eval_data = load_eval_dataset(config.dataset)
     dtype = getattr(torch, config.dtype)
 
+    task = config.resolved_task()
+
     def load(seed: int):
-        return load_model_and_tokenizer(config.model, num_labels=data.num_labels, seed=seed, dtype=dtype)
+        return load_model_and_tokenizer(config.model, num_labels=data.num_labels or 2, seed=seed, dtype=dtype, task=task)
 
     rows, drift, _ = run_suite(
         out_dir, metrics=result.metrics, baselines=plan.baselines, seeds=config.seeds, config=train_config,

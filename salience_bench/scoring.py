@@ -29,11 +29,51 @@ from .scorers import ModelContext, TensorStats, get_scorer, resolve_metrics, res
 
 class Scores(dict):
     """``{metric: {param_name: float32 score shaped like the parameter}}`` for the per-tensor metrics;
-    network-level metrics (one number per model, e.g. ``jacob_cov``) are in :attr:`network`."""
+    network-level metrics (one number per model, e.g. ``jacob_cov``) are in :attr:`network`.
+
+    A tensor metric's scores are computed from the shared accumulators when read (see
+    :class:`MetricScores`), so asking for K gradient metrics costs the accumulators they share,
+    not K copies of the scores."""
 
     def __init__(self, per_tensor: Mapping[str, Mapping[str, torch.Tensor]] = (), network: Mapping[str, float] = ()):
         super().__init__(per_tensor)
         self.network: dict[str, float] = dict(network)
+
+    def materialize(self, device: torch.device | str | None = None) -> "Scores":
+        """Every score computed and stored (optionally moved to ``device``): for small models, saving, pickling."""
+        return Scores({m: {n: (s if device is None else s.to(device)) for n, s in per.items()} for m, per in self.items()},
+                      self.network)
+
+
+class MetricScores(Mapping[str, torch.Tensor]):
+    """One tensor metric's scores, each tensor's computed when it is read (float32, shaped like the
+    parameter) from the accumulators and the weight as it is *then*; nothing per metric is stored.
+    Change the model only after reading what you need, or call ``Scores.materialize()`` first."""
+
+    def __init__(self, scorer, params: Mapping[str, nn.Parameter], accumulated: Mapping[str, Mapping[str, torch.Tensor]],
+                 *, seed: int, num_batches: int, options: Mapping[str, Any]):
+        self.scorer, self.params, self.accumulated = scorer, dict(params), accumulated
+        self.seed, self.num_batches, self.options = seed, num_batches, options
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        p = self.params[name]
+        score = self.scorer(TensorStats(
+            name=name, weight=p.detach().float(), seed=self.seed, num_batches=self.num_batches, options=self.options,
+            accumulated={need: self.accumulated[need][name] for need in self.scorer.needs},
+        )).to(torch.float32)
+        if score.shape != p.shape:
+            raise SalienceBenchError(f"metric {self.scorer.name!r} returned shape {tuple(score.shape)} for {name!r} "
+                                     f"{tuple(p.shape)}")
+        return score
+
+    def __iter__(self):
+        return iter(self.params)
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def shape_of(self, name: str) -> torch.Size:
+        return self.params[name].shape
 
 
 def _check_batch(model: nn.Module, batch: Any, index: int) -> None:
@@ -204,15 +244,11 @@ def score(
                 result.network[scorer.name] = number
                 continue
             per_tensor = dict(value)
+            result[scorer.name] = _checked(scorer.name, per_tensor, params)
         else:
-            per_tensor = {
-                pname: scorer(TensorStats(
-                    name=pname, weight=p.detach().float(), seed=seed, num_batches=num_batches, options=options,
-                    accumulated={need: accumulated[need][pname] for need in scorer.needs},
-                ))
-                for pname, p in params.items()
-            }
-        result[scorer.name] = _checked(scorer.name, per_tensor, params)
+            lazy = MetricScores(scorer, params, accumulated, seed=seed, num_batches=num_batches, options=options)
+            _check_finite(scorer.name, lazy)
+            result[scorer.name] = lazy
     return result
 
 
@@ -228,14 +264,19 @@ def _checked_params(model: nn.Module, params: Any) -> dict[str, nn.Parameter]:
 
 
 def _checked(metric: str, per_tensor: dict[str, torch.Tensor], params: Mapping[str, nn.Parameter]) -> dict[str, torch.Tensor]:
-    """float32 scores shaped like their parameters, all finite (one host read per metric)."""
-    non_finite = []
+    """A model scorer's float32 scores, shaped like their parameters and all finite."""
     for pname, p in params.items():
         s = per_tensor[pname] = per_tensor[pname].to(torch.float32)
         if s.shape != p.shape:
             raise SalienceBenchError(f"metric {metric!r} returned shape {tuple(s.shape)} for {pname!r} {tuple(p.shape)}")
-        non_finite.append(s.numel() - torch.isfinite(s).count_nonzero())
-    for pname, bad in zip(params, torch.stack(non_finite).tolist()):
+    _check_finite(metric, per_tensor)
+    return per_tensor
+
+
+def _check_finite(metric: str, scores: Mapping[str, torch.Tensor]) -> None:
+    """Every score finite, one tensor at a time, with one host read per metric."""
+    names = list(scores)
+    non_finite = torch.stack([s.numel() - torch.isfinite(s).count_nonzero() for s in scores.values()])
+    for pname, bad in zip(names, non_finite.tolist()):
         if bad:
             raise SalienceBenchError(f"metric {metric!r} produced {bad} NaN/inf scores in {pname!r}")
-    return per_tensor

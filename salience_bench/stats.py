@@ -9,6 +9,7 @@ seeded subsample (``max_n``) for speed, and reports which sample size it used.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Mapping, Union
 
@@ -19,48 +20,76 @@ from .errors import SalienceBenchError
 TensorOrDict = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
 
-def _pair(a: TensorOrDict, b: TensorOrDict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        pairs = [(a, b)]
-    elif isinstance(a, Mapping) and isinstance(b, Mapping):
-        if list(a) != list(b) and set(a) != set(b):
-            missing = sorted(set(a) ^ set(b))
-            raise SalienceBenchError(f"the two inputs cover different tensors: {missing[:5]}")
-        pairs = [(a[n], b[n]) for n in a]
-    else:
-        raise SalienceBenchError("compare a tensor with a tensor, or a dict of tensors with a dict of tensors")
-    for x, y in pairs:
-        if x.shape != y.shape:
-            raise SalienceBenchError(f"shape mismatch: {tuple(x.shape)} vs {tuple(y.shape)}")
-    return [x for x, _ in pairs], [y for _, y in pairs]
+class _Pair:
+    """Two inputs walked part by part (one tensor of each at a time, for score dicts computed on access)."""
+
+    def __init__(self, a: TensorOrDict, b: TensorOrDict):
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            self.a, self.b, self.names = {"": a}, {"": b}, [""]
+        elif isinstance(a, Mapping) and isinstance(b, Mapping):
+            if list(a) != list(b) and set(a) != set(b):
+                missing = sorted(set(a) ^ set(b))
+                raise SalienceBenchError(f"the two inputs cover different tensors: {missing[:5]}")
+            self.a, self.b, self.names = a, b, list(a)
+        else:
+            raise SalienceBenchError("compare a tensor with a tensor, or a dict of tensors with a dict of tensors")
+        self.shapes = [_shape_of(self.a, n) for n in self.names]
+        for name, shape in zip(self.names, self.shapes):
+            if tuple(_shape_of(self.b, name)) != tuple(shape):
+                raise SalienceBenchError(f"shape mismatch: {tuple(shape)} vs {tuple(_shape_of(self.b, name))}")
+        self.sizes = [math.prod(shape) for shape in self.shapes]
+        self.numel = sum(self.sizes)
+
+    def parts(self, side: str):
+        source = self.a if side == "a" else self.b
+        for name in self.names:
+            yield source[name].reshape(-1)
+
+    def both(self):
+        for name in self.names:
+            yield self.a[name], self.b[name]
 
 
-def _flat(parts: list[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
-    flat = torch.cat([p.reshape(-1) for p in parts]) if len(parts) > 1 else parts[0].reshape(-1)
-    return flat if dtype is None else flat.to(dtype)
+def _shape_of(mapping: Mapping[str, torch.Tensor], name: str) -> torch.Size:
+    """A part's shape without computing it where the mapping knows it (lazy scores, compact masks)."""
+    shape_of = getattr(mapping, "shape_of", None)
+    return shape_of(name) if shape_of is not None else mapping[name].shape
 
 
 def intersection_and_sizes(a: TensorOrDict, b: TensorOrDict) -> tuple[int, int, int]:
-    """(|A ∩ B|, |A|, |B|) of two boolean masks."""
-    xs, ys = _pair(a, b)
-    inter = sum(int((x.bool() & y.bool()).sum().item()) for x, y in zip(xs, ys))
-    size_a = sum(int(x.bool().sum().item()) for x in xs)
-    size_b = sum(int(y.bool().sum().item()) for y in ys)
+    """(|A ∩ B|, |A|, |B|) of two boolean masks, one tensor at a time (compact masks by their positions)."""
+    pair = _Pair(a, b)
+    counts = []
+    if hasattr(pair.a, "indices") and hasattr(pair.b, "indices"):  # sorted positions: no boolean tensors
+        for name in pair.names:
+            x, y = pair.a.indices(name), pair.b.indices(name)
+            counts.append(torch.stack([torch.isin(x, y).sum(), torch.tensor(x.numel(), device=x.device),
+                                       torch.tensor(y.numel(), device=x.device)]))
+    for x, y in ([] if counts else pair.both()):
+        x, y = x.bool(), y.bool()
+        counts.append(torch.stack([(x & y).sum(), x.sum(), y.sum()]))
+    inter, size_a, size_b = (int(v) for v in torch.stack(counts).sum(0).tolist())
     return inter, size_a, size_b
 
 
-def jaccard(a: TensorOrDict, b: TensorOrDict) -> float:
-    """|A ∩ B| / |A ∪ B| (NaN when both masks are empty)."""
-    inter, size_a, size_b = intersection_and_sizes(a, b)
+def jaccard_from_counts(inter: int, size_a: int, size_b: int) -> float:
     union = size_a + size_b - inter
     return inter / union if union else math.nan
 
 
-def overlap_coefficient(a: TensorOrDict, b: TensorOrDict) -> float:
-    """|A ∩ B| / min(|A|, |B|) (NaN when either mask is empty)."""
-    inter, size_a, size_b = intersection_and_sizes(a, b)
+def overlap_from_counts(inter: int, size_a: int, size_b: int) -> float:
     smaller = min(size_a, size_b)
     return inter / smaller if smaller else math.nan
+
+
+def jaccard(a: TensorOrDict, b: TensorOrDict) -> float:
+    """|A ∩ B| / |A ∪ B| (NaN when both masks are empty)."""
+    return jaccard_from_counts(*intersection_and_sizes(a, b))
+
+
+def overlap_coefficient(a: TensorOrDict, b: TensorOrDict) -> float:
+    """|A ∩ B| / min(|A|, |B|) (NaN when either mask is empty)."""
+    return overlap_from_counts(*intersection_and_sizes(a, b))
 
 
 def chance_jaccard(density: float) -> float:
@@ -68,18 +97,104 @@ def chance_jaccard(density: float) -> float:
     return density / (2.0 - density)
 
 
-def average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """1-based ranks of a 1-D tensor with ties given their average rank (scipy's 'average'), float64.
+RANK_CHUNK = 1 << 24  # entries per step of the rank and correlation passes (bounds their temporaries)
 
-    Each value's tie group spans [first, last] in sorted order, found by two binary searches,
-    so nothing waits on the host (no data-dependent output sizes).
-    """
-    values, order = torch.sort(x.reshape(-1))
-    first = torch.searchsorted(values, values, right=False)
-    last = torch.searchsorted(values, values, right=True)  # one past the group's last position
-    ranks = torch.empty(values.numel(), dtype=torch.float64, device=x.device)
-    ranks[order] = (first + last + 1).to(torch.float64) / 2
+
+def _gather(parts, numel: int) -> torch.Tensor:
+    """The parts' values, flattened into one buffer filled part by part (each part computed once)."""
+    buffer = None
+    offset = 0
+    for part in parts:
+        if buffer is None:
+            dtype = part.dtype if part.is_floating_point() else torch.float64
+            buffer = torch.empty(numel, dtype=dtype, device=part.device)
+        buffer[offset : offset + part.numel()] = part
+        offset += part.numel()
+    return buffer
+
+
+SORTED_RANKS_MAX = 1 << 24  # up to this many entries one sort ranks them; beyond, value buckets bound the memory
+RANK_BUCKETS = 64
+
+
+def doubled_ranks(values: torch.Tensor) -> torch.Tensor:
+    """2 × the tie-averaged 1-based rank of every entry of a 1-D tensor, as exact integers (int32 where
+    they fit, else int64): first + last + 1 of its tie group in sorted order.
+
+    Up to 2^24 entries: one sort. Beyond: the values are split into about 64 value ranges by a sorted
+    sample; each range's entries are sorted on their own and ranked after the entries of the ranges below,
+    and a value the sample shows to be heavily tied gets a range of its own, ranked without sorting. Ties
+    never straddle ranges, so the ranks are the same; the extra memory is 1 byte per entry (a membership
+    mask) plus one range at a time, instead of a sort of everything (about 24 bytes per entry on a GPU)."""
+    values = values.reshape(-1)
+    n = values.numel()
+    dtype = torch.int32 if 2 * n + 1 < 2**31 else torch.int64
+    ranks = torch.empty(n, dtype=dtype, device=values.device)
+    if n <= SORTED_RANKS_MAX:
+        _rank_sorted(values, ranks, torch.arange(n, device=values.device), 0)
+        return ranks
+    below = 0
+    for lo, hi in _value_ranges(values):
+        inside = values >= lo if hi is None else (values >= lo) & (values < hi)
+        if hi is not None and bool(torch.nextafter(lo, hi) == hi):  # a single value: one tie group
+            count = int(inside.sum())
+            ranks.masked_fill_(inside, 2 * below + count + 1)
+        else:
+            members = inside.nonzero().squeeze(1)
+            count = members.numel()
+            if count:
+                _rank_sorted(values[members], ranks, members, below)
+        below += count
+        del inside
     return ranks
+
+
+def _rank_sorted(values: torch.Tensor, ranks: torch.Tensor, positions: torch.Tensor, below: int) -> None:
+    """Write the doubled ranks of ``values`` (at ``positions`` of ``ranks``), ``below`` entries ranking lower."""
+    sorted_values, order = torch.sort(values)
+    for start in range(0, values.numel(), RANK_CHUNK):
+        v = sorted_values[start : start + RANK_CHUNK]
+        doubled = torch.searchsorted(sorted_values, v) + torch.searchsorted(sorted_values, v, right=True) + (2 * below + 1)
+        ranks[positions[order[start : start + RANK_CHUNK]]] = doubled.to(ranks.dtype)
+
+
+def _value_ranges(values: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """[lo, hi) ranges covering every value, in increasing order (the last open above); each sampled
+    boundary value also gets the one-value range [v, nextafter(v)) so that heavy ties rank without a sort."""
+    stride = max(1, values.numel() // (1 << 20))
+    sample = torch.sort(values[::stride]).values
+    cuts = torch.unique(sample[:: max(1, sample.numel() // RANK_BUCKETS)])
+    bounds = [values.min()]
+    for cut in cuts:
+        after = torch.nextafter(cut, torch.tensor(float("inf"), dtype=cut.dtype, device=cut.device))
+        if bool(cut > bounds[-1]):
+            bounds.append(cut)
+        if bool(after > bounds[-1]) and bool(torch.isfinite(after)):
+            bounds.append(after)
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:])] + [(bounds[-1], None)]
+
+
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of a 1-D tensor with ties given their average rank (scipy's 'average'), float64."""
+    return doubled_ranks(x.reshape(-1)).to(torch.float64) / 2
+
+
+def rank_correlation(ra: torch.Tensor, rb: torch.Tensor) -> float:
+    """Pearson correlation of two doubled-rank vectors (see :func:`doubled_ranks`) = Spearman ρ.
+
+    The doubled ranks of n entries always average n + 1, so they are centred exactly; the sums run in
+    float64, chunk by chunk."""
+    n = ra.numel()
+    center = n + 1
+    totals = torch.zeros(3, dtype=torch.float64, device=ra.device)
+    for start in range(0, n, RANK_CHUNK):
+        x = ra[start : start + RANK_CHUNK].to(torch.int64).sub_(center).to(torch.float64)
+        y = rb[start : start + RANK_CHUNK].to(torch.int64).sub_(center).to(torch.float64)
+        totals += torch.stack([(x * y).sum(), (x * x).sum(), (y * y).sum()])
+    sxy, sxx, syy = totals.tolist()
+    if sxx == 0 or syy == 0:
+        return math.nan
+    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -93,16 +208,40 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(((xc * yc).sum() / denom).clamp(-1.0, 1.0).item())
 
 
-def _has_nan(parts: list[torch.Tensor]) -> bool:
+def _has_nan(parts) -> bool:
     return any(p.is_floating_point() and bool(torch.isnan(p).any()) for p in parts)
 
 
+def ranks_of(values: TensorOrDict) -> torch.Tensor | None:
+    """Doubled ranks over all entries of a tensor or a dict of tensors (model order), or None if any is NaN."""
+    pair = _Pair(values, values)
+    flat = _gather(pair.parts("a"), pair.numel)
+    if flat.is_floating_point() and bool(torch.isnan(flat).any()):
+        return None
+    return doubled_ranks(flat)  # peak beside the result: these values and 1 byte per entry (large inputs)
+
+
 def spearman(a: TensorOrDict, b: TensorOrDict) -> float:
-    """Spearman ρ over all entries (tie-averaged ranks), equal to scipy.stats.spearmanr (NaN in → NaN out)."""
-    xs, ys = _pair(a, b)
-    if _has_nan(xs) or _has_nan(ys):
+    """Spearman ρ over all entries (tie-averaged ranks), equal to scipy.stats.spearmanr (NaN in → NaN out).
+
+    Extra memory about 20 bytes per entry (the sort of one input beside the other's int32 ranks)."""
+    _Pair(a, b)  # same tensors and shapes
+    ra = ranks_of(a)
+    if ra is None:
         return math.nan
-    return pearson(average_ranks(_flat(xs)), average_ranks(_flat(ys)))
+    rb = ranks_of(b)
+    return math.nan if rb is None else rank_correlation(ra, rb)
+
+
+def spearman_standard_error(rho: float, sample: int, population: int) -> float:
+    """Standard error of Spearman ρ estimated on a uniform sample of ``sample`` of ``population`` entries:
+    Fisher's z with Fieller, Hartley & Pearson's variance 1.06 / (n − 3), back through the delta method,
+    with the finite-population correction."""
+    if sample >= population:
+        return 0.0
+    if sample <= 3 or not math.isfinite(rho):
+        return math.nan
+    return (1 - rho * rho) * math.sqrt(1.06 / (sample - 3)) * math.sqrt(1 - sample / population)
 
 
 def _dense_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -170,26 +309,64 @@ def kendall(a: TensorOrDict, b: TensorOrDict, *, max_n: int | None = None, seed:
     return kendall_with_n(a, b, max_n=max_n, seed=seed)[0]
 
 
+SMALL_POPULATION = 1 << 24  # up to here a CPU randperm draws the sample (fast enough, and stable across devices)
+
+
 def sample_indices(n: int, max_n: int | None, seed: int = 0, device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """A seeded uniform sample of ``max_n`` of ``n`` positions (None when all ``n`` are used)."""
+    """A seeded uniform sample (without replacement) of ``max_n`` of ``n`` positions, sorted; None when all
+    ``n`` are used.
+
+    Populations up to 2^24 use a CPU ``randperm``; larger ones draw in O(max_n) time and memory on
+    ``device``: seeded uniform draws with replacement, duplicates dropped (topped up until there are
+    enough), then a uniform ``max_n``-subset of them — every ``max_n``-subset equally likely."""
     if max_n is not None and (isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 2):
         raise SalienceBenchError(f"max_n={max_n!r} must be an integer ≥ 2 (or None for all entries)")
     if max_n is None or n <= max_n:
         return None
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_n].to(device)
+    if n <= SMALL_POPULATION:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_n].sort().values.to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    drawn = torch.empty(0, dtype=torch.int64, device=device)
+    while drawn.numel() < max_n:
+        extra = max_n - drawn.numel() + max_n // 16 + 64
+        drawn = torch.unique(torch.cat([drawn, torch.randint(0, n, (extra,), generator=generator, device=device)]))
+    keep = torch.randperm(drawn.numel(), generator=generator, device=device)[:max_n]
+    return drawn[keep].sort().values
+
+
+def _sampled(pair: "_Pair", side: str, positions: torch.Tensor) -> torch.Tensor:
+    """The values at sorted global ``positions``, gathered part by part (no concatenation)."""
+    out = []
+    offset = 0
+    bounds = torch.tensor([0, *itertools.accumulate(pair.sizes)], device=positions.device)
+    cuts = torch.searchsorted(positions, bounds).tolist()
+    for part, size, lo, hi in zip(pair.parts(side), pair.sizes, cuts[:-1], cuts[1:]):
+        if hi > lo:
+            out.append(part[(positions[lo:hi] - offset).to(part.device)])
+        offset += size
+    return torch.cat(out)
+
+
+def values_at(values: TensorOrDict, positions: torch.Tensor | None) -> torch.Tensor:
+    """All entries of a tensor or dict of tensors in order (``positions`` None), or those at sorted global
+    ``positions`` — read part by part."""
+    pair = _Pair(values, values)
+    return _gather(pair.parts("a"), pair.numel) if positions is None else _sampled(pair, "a", positions)
 
 
 def kendall_with_n(
     a: TensorOrDict, b: TensorOrDict, *, max_n: int | None = None, seed: int = 0
 ) -> tuple[float, int]:
     """(τ-b, number of entries it was computed on)."""
-    xs, ys = _pair(a, b)
-    x, y = _flat(xs), _flat(ys)
-    pick = sample_indices(x.numel(), max_n, seed, x.device)
-    if _has_nan(xs) or _has_nan(ys):
-        return math.nan, x.numel() if pick is None else pick.numel()
-    if pick is not None:
-        x, y = x[pick], y[pick]
+    pair = _Pair(a, b)
+    device = next(pair.parts("a")).device
+    pick = sample_indices(pair.numel, max_n, seed, device)
+    if pick is None:
+        x, y = _gather(pair.parts("a"), pair.numel), _gather(pair.parts("b"), pair.numel)
+    else:
+        x, y = _sampled(pair, "a", pick), _sampled(pair, "b", pick)
+    if _has_nan([x, y]):
+        return math.nan, x.numel()
     return kendall_tau_b(x, y), x.numel()
 
 

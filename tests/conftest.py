@@ -75,3 +75,32 @@ def run_cli(*args):
 def tiny_args(model_dir, out, *extra):
     return ["--model", str(model_dir), "--batches", "2", "--batch-size", "4", "--max-length", "16",
             "--out", str(out), "--quiet", *extra]
+
+
+TINY_CAUSAL = {
+    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512),
+    "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=512),
+    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512),
+}
+
+
+@pytest.fixture(scope="session")
+def offline_tokenizer():
+    """A byte-level BPE trained on GSM8K text in a second (nothing downloads)."""
+    import salience_bench as sb
+    from salience_bench.synthetic import byte_level_tokenizer
+
+    data = sb.load_dataset("gsm8k", "train")
+    return byte_level_tokenizer(data.texts[:1500], vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_dirs(tmp_path_factory, offline_tokenizer):
+    """Tiny random Llama, GPT-2 and Qwen2 causal LMs saved with the offline tokenizer, by architecture."""
+    from salience_bench.synthetic import save_random_causal_lm
+
+    root = tmp_path_factory.mktemp("tiny-causal")
+    return {arch: save_random_causal_lm(root / arch, arch, offline_tokenizer, **shape)
+            for arch, shape in TINY_CAUSAL.items()}

@@ -54,7 +54,7 @@ def _two_process_worker(rank, world, init_file, out_file):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        scores = _all_metric_scores(distributed.shard(tiny_batches(num_batches=4)))
+        scores = _all_metric_scores(distributed.shard(tiny_batches(num_batches=4))).materialize()
         if rank == 0:
             torch.save((dict(scores), scores.network), out_file)
     finally:
@@ -72,7 +72,7 @@ def two_process_scores() -> tuple[dict, dict]:
 
 @functools.lru_cache(maxsize=1)
 def one_process_scores() -> tuple[dict, dict]:
-    scores = _all_metric_scores(tiny_batches(num_batches=4))
+    scores = _all_metric_scores(tiny_batches(num_batches=4)).materialize()
     return dict(scores), scores.network
 
 

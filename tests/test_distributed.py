@@ -25,7 +25,7 @@ def work(batches_for_me, shard_rows):
     """Scores, masks and the weights after three sparse steps, as this process sees them."""
     torch.set_num_threads(1)
     model = tiny_bert()
-    scores = sb.score(model, batches_for_me, METRICS)
+    scores = sb.score(model, batches_for_me, METRICS).materialize()  # before training changes the weights
     masks = {m: sb.make_mask(s, density=0.1) for m, s in scores.items()}
     head = head_parameters(model)
     freeze_all_but(model, head)
@@ -41,6 +41,7 @@ def work(batches_for_me, shard_rows):
         engine.sync_weights()
     engine.remove()
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    masks = {m: dict(mask) for m, mask in masks.items()}
     return (dict(scores), scores.network), masks, weights
 
 

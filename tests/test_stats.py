@@ -101,3 +101,45 @@ def test_mean_ci_equals_scipy_t_interval():
     assert n == 4 and mean == pytest.approx(np.mean(values))
     assert half == pytest.approx((high - low) / 2, rel=1e-12)
     assert math.isnan(mean_ci([0.5])[1])
+
+
+@pytest.mark.parametrize("kind", ["continuous", "ties", "zeros", "heavy top tie"])
+def test_bucketed_ranks_of_large_inputs_equal_scipy(monkeypatch, kind):
+    """Above SORTED_RANKS_MAX the ranks come from value buckets; forced on here at a small size."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200_000, generator=g)
+    if kind == "ties":
+        x = (x * 3).round()
+    elif kind == "zeros":
+        x[::2], x[1::7] = 0.0, -0.0
+    elif kind == "heavy top tie":
+        x = torch.rand(200_000, generator=g).clamp(max=0.3)
+    monkeypatch.setattr(stats, "SORTED_RANKS_MAX", 1000)
+    monkeypatch.setattr(stats, "RANK_BUCKETS", 16)
+    np.testing.assert_array_equal(stats.doubled_ranks(x).numpy(), 2 * scipy.stats.rankdata(x.numpy()))
+
+
+def test_sample_of_a_huge_population_is_drawn_without_touching_it():
+    """O(max_n): a population of 10^15 positions (a randperm of it could never run)."""
+    pick = stats.sample_indices(10**15, 100_000, seed=4)
+    assert pick.numel() == 100_000 and torch.equal(pick, pick.unique())  # sorted and distinct
+    assert torch.equal(pick, stats.sample_indices(10**15, 100_000, seed=4))
+    # Uniform: the deciles of the sample hold about a tenth each.
+    counts = torch.bincount((pick // 10**14).long(), minlength=10)
+    assert ((counts - 10_000).abs() < 600).all(), counts
+
+
+def test_global_spearman_beyond_the_memory_budget_is_sampled_with_its_standard_error():
+    from salience_bench import analysis
+
+    g = torch.Generator().manual_seed(5)
+    base = {f"t{i}": torch.randn(50_000, generator=g) for i in range(4)}
+    scores = {"a": base, "b": {n: s + 0.8 * torch.randn(s.shape, generator=g) for n, s in base.items()}}
+    exact = analysis.rank_correlation_frame(scores, kendall_max_n=1000)
+    sampled = analysis.rank_correlation_frame(scores, kendall_max_n=1000, max_memory=5_000_000)
+    e, s = exact[exact.layer == "all"].iloc[0], sampled[sampled.layer == "all"].iloc[0]
+    assert e.n == 200_000 and math.isnan(e.spearman_se)
+    assert s.n < 200_000 and 0 < s.spearman_se < 0.01
+    assert abs(s.spearman - e.spearman) < 4 * s.spearman_se
+    assert e.spearman == pytest.approx(scipy.stats.spearmanr(torch.cat(list(base.values())).numpy(),
+                                                             torch.cat(list(scores["b"].values())).numpy()).statistic, abs=1e-12)

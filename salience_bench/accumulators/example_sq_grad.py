@@ -6,10 +6,13 @@ For ``y = x Wᵀ (+ b)`` with input ``x`` of shape (B, ..., in) and output gradi
 across examples, so padding cannot leak between examples; padded positions of one example get
 zero output gradient from a correctly masked model.
 
-The batch loss is assumed to be the *mean* of per-example losses (the Hugging Face convention for
-classification), so the gradient of example ``n``'s own loss is ``B · Gₙᵀ xₙ``. This works for any
-architecture built from linear layers, unlike ``torch.func.vmap``, which fails on BERT's
-data-dependent masking code.
+The batch loss is the Hugging Face mean over the batch's loss units: examples for a classifier,
+target tokens (labels ≠ -100, after the one-token shift) for a causal LM. Example ``n``'s own loss
+is the mean over *its* units, so its gradient is ``(T / Tₙ) · Gₙᵀ xₙ`` with T the units of the
+batch and Tₙ those of example n — ``B · Gₙᵀ xₙ`` for a classifier, where every Tₙ is 1. Examples
+without a target token have no loss of their own and are not counted. This works for any
+architecture built from linear layers (``nn.Linear``, and ``Conv1D`` with its transposed weight),
+unlike ``torch.func.vmap``, which fails on BERT's data-dependent masking code.
 """
 
 from __future__ import annotations
@@ -18,8 +21,18 @@ import torch
 
 from ..errors import SalienceBenchError
 from ..data import batch_examples
+from ..models import weight_is_transposed
 from .base import register_accumulator
 from .linear_hooks import LinearHookAccumulator
+
+
+def loss_units(batch) -> torch.Tensor | None:
+    """Target tokens per example of a causal-LM batch (labels ≠ -100 after the one-token shift), or None
+    for one label per example."""
+    labels = batch.get("labels")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
+        return None
+    return (labels[:, 1:] != -100).sum(1)
 
 
 @register_accumulator
@@ -34,10 +47,19 @@ class ExampleSquaredGradients(LinearHookAccumulator):
         self.examples = 0
         self._calls: dict[str, int] = {}
         self._count: torch.Tensor | None = None
+        self._scale: torch.Tensor | None = None  # per example: T / Tₙ (0 for an example without targets)
+        self._transposed = {name: weight_is_transposed(m) for name, m in self.modules.items()}
 
     def start_batch(self, batch) -> None:
         self._calls.clear()
-        self.examples += batch_examples(batch)
+        units = loss_units(batch)
+        if units is None:  # one label per example
+            self.examples += batch_examples(batch)
+            self._scale = None
+            return
+        total = units.sum()
+        self._scale = torch.where(units > 0, total / units.clamp(min=1), 0.0).float()
+        self.examples += int((units > 0).sum())
 
     def forward_hook(self, name: str):
         def hook(module, inputs: tuple, output: torch.Tensor) -> None:
@@ -51,11 +73,17 @@ class ExampleSquaredGradients(LinearHookAccumulator):
                 )
             x = inputs[0].detach()
 
+            scale = self._scale
+
             def on_output_grad(grad_out: torch.Tensor) -> None:
                 batch = x.shape[0]
                 xs = x.reshape(batch, -1, x.shape[-1]).float()
-                gs = grad_out.reshape(batch, -1, grad_out.shape[-1]).float() * batch
-                per_example = torch.bmm(gs.transpose(1, 2), xs)  # (B, out, in)
+                gs = grad_out.reshape(batch, -1, grad_out.shape[-1]).float()
+                gs = gs * (scale.view(-1, 1, 1) if scale is not None else batch)
+                if self._transposed[name]:  # Conv1D: weight (in, out)
+                    per_example = torch.bmm(xs.transpose(1, 2), gs)
+                else:  # nn.Linear: weight (out, in)
+                    per_example = torch.bmm(gs.transpose(1, 2), xs)
                 self.sums[name].add_(per_example.square_().sum(0))
 
             output.register_hook(on_output_grad)
@@ -68,4 +96,4 @@ class ExampleSquaredGradients(LinearHookAccumulator):
 
     def finalize(self, num_batches: int) -> dict[str, torch.Tensor]:
         examples = int(self._count.item()) if self._count is not None else self.examples
-        return {name: s / max(examples, 1) for name, s in self.sums.items()}
+        return {name: s.div_(max(examples, 1)) for name, s in self.sums.items()}  # in place: no second copy

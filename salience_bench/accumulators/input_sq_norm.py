@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models import weight_is_transposed
 from .base import register_accumulator
 from .linear_hooks import LinearHookAccumulator
 
@@ -14,13 +15,15 @@ class InputSquaredNorms(LinearHookAccumulator):
     (batch, sequence) shape."""
 
     name = "input_sq_norm"
-    description = "Σ over (unpadded) tokens of x_j², per input column of a linear layer"
+    description = "Σ over (unpadded) tokens of x_j², per input column of a linear layer (shaped to broadcast on its weight)"
     needs_backward = False
     purpose = "wanda needs input-activation norms, which are"
 
     def __init__(self, model, params):
         super().__init__(model, params)
-        self.sums = {name: self.zeros(m.weight.shape[1]) for name, m in self.modules.items()}
+        # Shaped to broadcast against the weight: a row for nn.Linear (out × in), a column for Conv1D (in × out).
+        self.sums = {name: self.zeros((m.weight.shape[0], 1) if weight_is_transposed(m) else (1, m.weight.shape[1]))
+                     for name, m in self.modules.items()}
         self._token_mask: torch.Tensor | None = None
 
     def start_batch(self, batch) -> None:
@@ -32,7 +35,7 @@ class InputSquaredNorms(LinearHookAccumulator):
             mask = self._token_mask
             if mask is not None and x.dim() == 3 and tuple(mask.shape) == tuple(x.shape[:2]):
                 x = x * mask.to(x.dtype).unsqueeze(-1)
-            self.sums[name].add_(x.reshape(-1, x.shape[-1]).square().sum(0))
+            self.sums[name].view(-1).add_(x.reshape(-1, x.shape[-1]).square().sum(0))
 
         return hook
 

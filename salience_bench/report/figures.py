@@ -92,6 +92,10 @@ def allocation_plot(allocation: pd.DataFrame, *, density: float | None, title: s
     return fig
 
 
+def _measure(summary: pd.DataFrame) -> str:
+    return str(summary["measure"].iloc[0]) if "measure" in summary and len(summary) else "accuracy"
+
+
 def accuracy_plot(summary: pd.DataFrame, *, title: str) -> plt.Figure:
     """Mean accuracy per method, with 95% t-interval error bars when several seeds ran."""
     paper_style()
@@ -103,10 +107,12 @@ def accuracy_plot(summary: pd.DataFrame, *, title: str) -> plt.Figure:
             error_kw={"linewidth": 0.8})
     ax.set_yticks(list(y), summary["run"])
     ax.invert_yaxis()
-    low = max(0.0, float((summary["accuracy_mean"] - errors).min()) - 0.05)
-    ax.set_xlim(low, min(1.0, float((summary["accuracy_mean"] + errors).max()) + 0.02))
+    measure = _measure(summary)
+    if measure != "perplexity":  # fractions: zoom into [0, 1]
+        low = max(0.0, float((summary["accuracy_mean"] - errors).min()) - 0.05)
+        ax.set_xlim(low, min(1.0, float((summary["accuracy_mean"] + errors).max()) + 0.02))
     seeds = int(summary["seeds"].max())
-    ax.set_xlabel("accuracy" + (f" (mean of {seeds} seeds, 95% t-interval)" if seeds > 1 else " (one seed)"))
+    ax.set_xlabel(measure + (f" (mean of {seeds} seeds, 95% t-interval)" if seeds > 1 else " (one seed)"))
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return fig
@@ -123,7 +129,7 @@ def accuracy_vs_memory_plot(summary: pd.DataFrame, *, title: str, memory_label: 
         ax.errorbar(mib.iloc[i], row.accuracy_mean, yerr=errors.iloc[i], fmt="o", color=colors[i], markersize=4,
                     capsize=2, label=row.run)
     ax.set_xlabel(memory_label)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(_measure(summary))
     ax.set_title(title, fontsize=8)
     ax.legend(fontsize=6, frameon=False, loc="best")
     fig.tight_layout()

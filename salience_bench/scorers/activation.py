@@ -11,4 +11,4 @@ from .registry import TensorStats, register
 @register("wanda", needs={INPUT_SQ_NORM}, source="Sun et al. 2023 (Wanda)")
 def wanda(t: TensorStats) -> torch.Tensor:
     """|W_ij| · ‖X_j‖₂: weight magnitude times the norm of input column j over the scoring tokens."""
-    return t.weight.abs() * t.input_sq_norm.sqrt().unsqueeze(0)
+    return t.weight.abs() * t.input_sq_norm.sqrt()  # the norms broadcast along the input dimension

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..data import TextDataset, make_batches, training_stream
+from ..data import IGNORE_INDEX, Dataset, PromptDataset, encode_prompts, final_number, make_batches, training_stream
 from ..errors import SalienceBenchError
 from ..masks import MaskSpec
 from ..models import eligible_parameters
@@ -32,6 +32,15 @@ DOWNSTREAM_COLUMNS = [
 ]
 DRIFT_COLUMNS = ["metric", "seed", "step", "jaccard_initial", "jaccard_previous", "ever_selected", "ever_selected_fraction"]
 CURVE_COLUMNS = ["method", "metric", "mask_schedule", "seed", "step", "eval_accuracy", "eval_loss"]
+LM_COLUMNS = ["eval_perplexity"]  # added for causal LMs, whose eval_accuracy is the exact match of generated answers
+
+
+def downstream_columns(task: str) -> list[str]:
+    return DOWNSTREAM_COLUMNS + (LM_COLUMNS if task == "causal-lm" else [])
+
+
+def curve_columns(task: str) -> list[str]:
+    return CURVE_COLUMNS + (LM_COLUMNS if task == "causal-lm" else [])
 
 
 @dataclass
@@ -52,6 +61,9 @@ class TrainConfig:
     score_options: dict = field(default_factory=dict)  # scorer settings (lift_rank, block_size)
     include: Sequence[str] | None = None
     exclude: Sequence[str] | None = None
+    chat_template: bool = True  # prompt/completion data: the tokenizer's chat template, when it has one
+    eval_examples: int = 0  # causal LMs: greedy-decoded exact match of the final number on this many eval examples
+    max_new_tokens: int = 256  # … generating at most this many tokens each
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "max_length", "eval_batch_size", "score_batches", "score_batch_size"):
@@ -79,8 +91,8 @@ class RunInputs:
     """What every run of a study shares: how to load a fresh model, the data, the device."""
 
     load_model: Callable[[int], tuple[nn.Module, object]]  # seed → (model with a new head, tokenizer)
-    train_data: TextDataset
-    eval_data: TextDataset
+    train_data: Dataset
+    eval_data: Dataset
     device: torch.device
 
 
@@ -92,8 +104,9 @@ class RunResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Sequence[dict], device: torch.device) -> tuple[float, float]:
-    """(accuracy, mean loss) over ``batches``."""
+def evaluate(model: nn.Module, batches: Sequence[dict], device: torch.device) -> dict[str, float]:
+    """Classification: ``eval_accuracy`` and the mean loss per example. Token labels (a causal LM): the mean
+    loss per target token and its perplexity (``eval_accuracy`` NaN; see :func:`exact_match`)."""
     was_training = model.training
     model.eval()
     correct = total = 0
@@ -101,12 +114,44 @@ def evaluate(model: nn.Module, batches: Sequence[dict], device: torch.device) ->
     for batch in batches:
         batch = to_device(batch, device)
         out = model(**batch)
-        n = batch["labels"].shape[0]
-        correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+        labels = batch["labels"]
+        if labels.dim() == 2:  # the model's loss is the mean over target tokens (shifted by one)
+            n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        else:
+            n = labels.shape[0]
+            correct += int((out.logits.argmax(-1) == labels).sum())
         loss_sum += float(out.loss) * n
         total += n
     model.train(was_training)
-    return correct / total, loss_sum / total
+    if batches and batches[0]["labels"].dim() == 2:
+        loss = loss_sum / max(total, 1)
+        return dict(eval_accuracy=math.nan, eval_loss=loss, eval_perplexity=math.exp(min(loss, 700.0)))
+    return dict(eval_accuracy=correct / total, eval_loss=loss_sum / total)
+
+
+@torch.no_grad()
+def exact_match(model: nn.Module, tokenizer, data: PromptDataset, *, examples: int, max_length: int,
+                max_new_tokens: int, chat_template: bool, device: torch.device, batch_size: int = 16) -> float:
+    """Fraction of the first ``examples`` evaluation prompts whose greedy completion ends in the reference's
+    final number (GSM8K's ``#### <number>``)."""
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"  # generation continues every prompt from its last token
+    hits = 0
+    try:
+        for start in range(0, examples, batch_size):
+            idx = list(range(start, min(start + batch_size, examples)))
+            batch = to_device(encode_prompts(tokenizer, [data.prompts[i] for i in idx], None, max_length=max_length,
+                                             chat_template=chat_template), device)
+            out = model.generate(**{k: v for k, v in batch.items() if k != "position_ids"}, do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+            for row, i in zip(out[:, batch["input_ids"].shape[1]:], idx):
+                answer = final_number(tokenizer.decode(row, skip_special_tokens=True))
+                hits += answer is not None and answer == final_number(data.completions[i])
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return hits / max(examples, 1)
 
 
 def run_one(
@@ -126,7 +171,7 @@ def run_one(
     params = eligible_parameters(model, config.include, config.exclude)
     head = head_parameters(model)
     eval_batches = make_batches(inputs.eval_data, tokenizer, batch_size=config.eval_batch_size, max_length=config.max_length,
-                                shuffle=False, sort_by_length=True)
+                                shuffle=False, sort_by_length=True, chat_template=config.chat_template)
     trainer = method_class(RunSetup(model=model, tokenizer=tokenizer, params=params, head=head,
                                     metric=metric if method_class.uses_metric else None, seed=seed, config=config,
                                     train_data=train_data, device=device))
@@ -135,14 +180,14 @@ def run_one(
     record = trainer.record()
 
     stream = training_stream(train_data, tokenizer, batch_size=config.batch_size, max_length=config.max_length,
-                             seed=seed, group_by_length=config.group_by_length)
+                             seed=seed, group_by_length=config.group_by_length, chat_template=config.chat_template)
     curve: list[dict] = []
 
-    def evaluate_into_curve(step_number: int) -> tuple[float, float]:
-        acc, loss = evaluate(model, eval_batches, device)
+    def evaluate_into_curve(step_number: int) -> dict[str, float]:
+        values = evaluate(model, eval_batches, device)
         curve.append(dict(method=method, metric=record["metric"], mask_schedule=record["mask_schedule"], seed=seed,
-                          step=step_number, eval_accuracy=acc, eval_loss=loss))
-        return acc, loss
+                          step=step_number, **values))
+        return values
 
     label = f"{method}{'/' + record['metric'] if record['metric'] else ''} seed {seed}"
     model.train()
@@ -186,7 +231,12 @@ def run_one(
             if config.eval_every and i % config.eval_every == 0 and i < config.steps:
                 evaluate_into_curve(i)
         state_bytes = optimizer_state_bytes(optimizer)
-    accuracy, eval_loss = evaluate_into_curve(config.steps)
+    results = evaluate_into_curve(config.steps)
+    if inputs.eval_data.task == "causal-lm" and config.eval_examples:
+        results["eval_accuracy"] = exact_match(
+            model, tokenizer, inputs.eval_data, examples=min(config.eval_examples, len(inputs.eval_data)),
+            max_length=config.max_length, max_new_tokens=config.max_new_tokens, chat_template=config.chat_template,
+            device=device)
     timed_steps = max(config.steps - 1, 1)
     row = dict(
         method=method, **{k: record[k] for k in ("metric", "density", "scope", "mask_schedule")}, seed=seed,
@@ -194,6 +244,7 @@ def run_one(
         lora_rank=record["lora_rank"], optimizer_state_bytes=state_bytes, steps=config.steps,
         train_seconds=step_seconds * config.steps / timed_steps, seconds_per_step=step_seconds / timed_steps,
         peak_memory_bytes=peak.peak_bytes, train_flops=flops_per_step * config.steps,
-        eval_accuracy=accuracy, eval_loss=eval_loss, device=str(device),
+        eval_accuracy=results["eval_accuracy"], eval_loss=results["eval_loss"], device=str(device),
+        **{k: results[k] for k in LM_COLUMNS if k in results},
     )
     return RunResult(row, trainer.drift, curve)

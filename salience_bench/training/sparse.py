@@ -22,43 +22,48 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SalienceBenchError
-from ..models import linear_modules_for
+from ..models import linear_modules_for, weight_is_transposed
 
 
 class _SparseDeltaLinear(torch.autograd.Function):
-    """y = x Wᵀ + b, where W already holds base + delta; the gradient goes to delta only."""
+    """y = x Wᵀ + b (``nn.Linear``; W out × in) or y = x W + b (``Conv1D``, ``transposed``; W in × out),
+    where W already holds base + delta; the gradient goes to delta only."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, delta, index):  # noqa: D401 - autograd signature
+    def forward(ctx, x, weight, bias, delta, index, transposed):  # noqa: D401 - autograd signature
         ctx.save_for_backward(x, weight, index)
-        return F.linear(x, weight, bias)
+        ctx.transposed = transposed
+        return F.linear(x, weight.t() if transposed else weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, index = ctx.saved_tensors
-        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
+        grad_x = (grad_out @ (weight.t() if ctx.transposed else weight)) if ctx.needs_input_grad[0] else None
         grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
         grad_bias = grad_2d.sum(0) if ctx.needs_input_grad[2] else None
-        # One layer's dense weight gradient, alive only for this gather.
-        dense = grad_2d.t() @ x.reshape(-1, x.shape[-1])
+        # One layer's dense weight gradient, in the weight's own layout, alive only for this gather.
+        x_2d = x.reshape(-1, x.shape[-1])
+        dense = x_2d.t() @ grad_2d if ctx.transposed else grad_2d.t() @ x_2d
         grad_delta = dense.view(-1).index_select(0, index).float()
-        return grad_x, None, grad_bias, grad_delta, None
+        return grad_x, None, grad_bias, grad_delta, None, None
 
 
 class SparseDeltaLinear(nn.Module):
-    """A linear layer (``base_layer``) whose selected weight entries train through a compact delta.
+    """A linear layer (``base_layer``: ``nn.Linear`` or ``Conv1D``) whose selected weight entries train
+    through a compact delta.
 
     Wraps the layer as peft wraps ``base_layer``: ``print(model)`` shows it, and its ``state_dict``
     holds ``base_layer.weight`` (which always carries base + delta at the selected entries), the
     sorted flat ``index`` of those entries, their pretrained values ``base`` and the float32 ``delta``.
     """
 
-    def __init__(self, base_layer: nn.Linear, mask: torch.Tensor):
+    def __init__(self, base_layer: nn.Module, mask: torch.Tensor):
         super().__init__()
         self.base_layer = base_layer
+        self.transposed = weight_is_transposed(base_layer)
         weight = base_layer.weight
         weight.requires_grad_(False)
-        index = mask.to(weight.device).reshape(-1).nonzero().squeeze(1)
+        index = mask.to(weight.device).reshape(-1).nonzero().squeeze(1)  # int64: the gather's index type
         self.register_buffer("index", index)
         self.register_buffer("base", weight.detach().reshape(-1).index_select(0, index).clone())
         self.delta = nn.Parameter(torch.zeros(index.numel(), dtype=torch.float32, device=weight.device))
@@ -71,7 +76,8 @@ class SparseDeltaLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense_forward:
             return self.base_layer(x)
-        return _SparseDeltaLinear.apply(x, self.base_layer.weight, self.base_layer.bias, self.delta, self.index)
+        return _SparseDeltaLinear.apply(x, self.base_layer.weight, self.base_layer.bias, self.delta, self.index,
+                                        self.transposed)
 
     @torch.no_grad()
     def sync_weight(self) -> None:

@@ -12,7 +12,7 @@ from ..errors import SalienceBenchError
 from ..report.runlog import RunLog
 from ..stats import mean_ci
 from .methods import get_method
-from .loop import CURVE_COLUMNS, DOWNSTREAM_COLUMNS, DRIFT_COLUMNS, RunInputs, TrainConfig, run_one
+from .loop import DRIFT_COLUMNS, RunInputs, TrainConfig, curve_columns, downstream_columns, run_one
 
 DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV = "downstream.csv", "drift.csv", "eval_curve.csv"
 _KEY = ["method", "metric", "mask_schedule", "seed"]
@@ -42,7 +42,8 @@ def run_suite(
     config.validate()
     runs = RunLog(out_dir, {"drift": DRIFT_CSV, "curve": CURVE_CSV, "rows": DOWNSTREAM_CSV},
                   key=lambda r: tuple(str(r[k]) for k in _KEY),
-                  columns={"drift": DRIFT_COLUMNS, "curve": CURVE_COLUMNS, "rows": DOWNSTREAM_COLUMNS},
+                  columns={"drift": DRIFT_COLUMNS, "curve": curve_columns(inputs.eval_data.task),
+                           "rows": downstream_columns(inputs.eval_data.task)},
                   write=distributed.is_main())
     rows = runs.tables["rows"]
     for col, want in (("steps", config.steps), ("scope", config.scope)):
@@ -70,12 +71,19 @@ def run_suite(
 
 
 def summary_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean accuracy per run label with a 95% t-interval over seeds (half-width; NaN for one seed)."""
+    """Mean accuracy per run label with a 95% t-interval over seeds (half-width; NaN for one seed).
+
+    ``measure`` names what the accuracy columns hold: ``accuracy`` (classification), ``exact match``
+    (a causal LM's generated answers) or, where no answers were generated, ``perplexity``."""
     labelled = rows.assign(run=run_labels(rows))
+    column, measure = "eval_accuracy", "accuracy"
+    if "eval_perplexity" in rows:
+        column, measure = (("eval_accuracy", "exact match") if rows["eval_accuracy"].notna().any()
+                           else ("eval_perplexity", "perplexity"))
     out = []
     for label, group in labelled.groupby("run", sort=False):
-        mean, half, n = mean_ci(group["eval_accuracy"])
-        out.append(dict(run=label, seeds=n, accuracy_mean=mean, accuracy_ci95=half,
+        mean, half, n = mean_ci(group[column].astype(float))
+        out.append(dict(run=label, seeds=n, accuracy_mean=mean, accuracy_ci95=half, measure=measure,
                         trainable_params=int(group["trainable_params"].iloc[0]),
                         peak_memory_bytes=group["peak_memory_bytes"].astype(float).mean(),
                         seconds_per_step=group["seconds_per_step"].astype(float).mean(),

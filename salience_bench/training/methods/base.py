@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 from torch import nn
 
-from ...data import TextDataset
+from ...data import Dataset
 from ...registry import Registry
 
 HEAD_PATTERNS = ("classifier.*", "score.*")
@@ -44,7 +44,7 @@ class RunSetup:
     metric: str | None
     seed: int
     config: Any  # TrainConfig
-    train_data: TextDataset
+    train_data: Dataset
     device: torch.device
 
     @property

@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 from torch import nn
 
 from ...errors import SalienceBenchError
+from ...models import weight_is_transposed
 from .base import HEAD_PATTERNS, TrainingMethod, freeze_all_but, head_parameters, register_method
 
 
@@ -37,6 +38,8 @@ def wrap_lora(
     except ImportError as err:
         raise SalienceBenchError("the LoRA and PiSSA baselines need peft: pip install peft") from err
     targets = sorted({name.rsplit(".", 1)[0] for name in params})
+    # Conv1D (GPT-2 family) stores its weight in × out: peft must be told.
+    transposed = any(weight_is_transposed(model.get_submodule(target)) for target in targets)
     head_modules = sorted({n.rsplit(".", 1)[0] for n in head_parameters(model, head_patterns)})
     config = LoraConfig(
         r=rank,
@@ -45,6 +48,7 @@ def wrap_lora(
         target_modules=targets,
         modules_to_save=head_modules or None,
         init_lora_weights=init,
+        fan_in_fan_out=transposed,
     )
     with warnings.catch_warnings():
         # peft calls a transformers method that transformers 5 deprecates; not ours to fix.

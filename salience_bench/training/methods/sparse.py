@@ -10,6 +10,7 @@ from torch import nn
 from ... import distributed
 from ...data import make_batches
 from ...errors import SalienceBenchError
+from ...masks import MaskSet
 from ...scorers import get_scorer
 from ...scoring import score
 from ...stats import jaccard
@@ -36,14 +37,16 @@ class SparseFineTuning(TrainingMethod):
         scores = score(setup.model, batches, [setup.metric], params=setup.params, seed=setup.seed,
                        options=self.config.score_options)[setup.metric]
         masks = self.config.mask.apply(scores)
-        distributed.broadcast_masks_(masks)  # rank 0 decides
-        return masks
+        # Rank 0 decides (float sums in another order could break a near-tie differently elsewhere).
+        return MaskSet({n: distributed.broadcast_from_main(masks.indices(n)) for n in masks},
+                       {n: masks.shape_of(n) for n in masks})
 
     def prepare(self) -> nn.Module:
         setup = self.setup
         masks = self._select(distributed.shard(make_batches(
             setup.train_data, setup.tokenizer, batch_size=self.config.score_batch_size,
-            num_batches=self.config.score_batches, max_length=self.config.max_length, seed=setup.seed)))
+            num_batches=self.config.score_batches, max_length=self.config.max_length, seed=setup.seed,
+            chat_template=self.config.chat_template)))
         freeze_all_but(setup.model, setup.head)
         self.engine = SparseDeltaEngine(setup.model, masks)
         self.initial = self.previous = masks

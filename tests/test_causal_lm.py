@@ -1,0 +1,216 @@
+"""Decoder LLMs: prompt/completion batches, per-example quantities against one-example-at-a-time loops on
+padded batches (left and right padding, Llama and GPT-2's Conv1D), and the CLI end to end."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import salience_bench as sb
+from salience_bench.data import IGNORE_INDEX, encode_prompts, final_number
+from salience_bench.synthetic import SIMPLE_CHAT_TEMPLATE
+
+from .conftest import run_cli
+
+
+def load(folder, padding_side="right", dtype=torch.float64):
+    model, tokenizer = sb.load_model_and_tokenizer(str(folder), task="causal-lm", dtype=dtype)
+    tokenizer.padding_side = padding_side
+    return model.eval(), tokenizer
+
+
+def prompt_batches(tokenizer, num_batches=2, batch_size=4, max_length=320, seed=0):
+    data = sb.load_dataset("gsm8k", "train")
+    return sb.make_batches(data, tokenizer, batch_size=batch_size, num_batches=num_batches, max_length=max_length,
+                           seed=seed)
+
+
+def single_examples(batches):
+    """Each example alone, unpadded (only its real tokens, positions from 0)."""
+    for batch in batches:
+        for n in range(batch["input_ids"].shape[0]):
+            keep = batch["attention_mask"][n].bool()
+            length = int(keep.sum())
+            yield {"input_ids": batch["input_ids"][n, keep][None], "attention_mask": torch.ones(1, length, dtype=torch.long),
+                   "labels": batch["labels"][n, keep][None]}
+
+
+def reference_fisher_and_wanda(model, batches, names):
+    params = dict(model.named_parameters())
+    modules = {n: m for n, m in model.named_modules() if n + ".weight" in names}
+    fisher = {n: torch.zeros_like(params[n], dtype=torch.float64) for n in names}
+    norms = {n: torch.zeros(params[n + ".weight"].shape, dtype=torch.float64) for n in modules}
+    transposed = {n: sb.models.weight_is_transposed(m) for n, m in modules.items()}
+
+    def record(name):
+        def hook(module, inputs, output):
+            column = inputs[0].detach().double().pow(2).sum(dim=(0, 1))  # Σ over this example's real tokens, per input
+            norms[name] += column[:, None] if transposed[name] else column[None, :]
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in modules.items()]
+    count = 0
+    for single in single_examples(batches):
+        if int((single["labels"][0, 1:] != IGNORE_INDEX).sum()) == 0:
+            continue
+        loss = model(**single).loss  # the mean over this example's own target tokens
+        grads = torch.autograd.grad(loss, [params[n] for n in names])
+        for n, g in zip(names, grads):
+            fisher[n] += g.double() ** 2
+        count += 1
+    for h in handles:
+        h.remove()
+    wanda = {n + ".weight": params[n + ".weight"].detach().double().abs() * norms[n].detach().sqrt() for n in modules}
+    return {n: f / count for n, f in fisher.items()}, wanda
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_per_example_quantities_equal_a_one_example_at_a_time_loop(tiny_causal_dirs, arch, side):
+    model, tokenizer = load(tiny_causal_dirs[arch], side)
+    batches = prompt_batches(tokenizer)
+    targets = [(b["labels"][:, 1:] != IGNORE_INDEX).sum(1) for b in batches]
+    assert len({int(t) for ts in targets for t in ts}) > 2  # unequal numbers of target tokens per example
+    assert any((b["attention_mask"] == 0).any() for b in batches)  # and real padding
+    names = list(sb.eligible_parameters(model))
+    scores = sb.score(model, batches, ["fisher", "wanda"])
+    fisher, wanda = reference_fisher_and_wanda(model, batches, names)
+    for n in names:
+        torch.testing.assert_close(scores["fisher"][n].double(), fisher[n], rtol=1e-4, atol=1e-6 * float(fisher[n].max()))
+        torch.testing.assert_close(scores["wanda"][n].double(), wanda[n], rtol=1e-4, atol=1e-6 * float(wanda[n].max()))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_left_and_right_padding_give_the_same_scores(tiny_causal_dirs, arch):
+    scores = {}
+    for side in ("right", "left"):
+        model, tokenizer = load(tiny_causal_dirs[arch], side)
+        scores[side] = sb.score(model, prompt_batches(tokenizer), ["grad", "fisher"])
+    for metric in ("grad", "fisher"):
+        for n, s in scores["right"][metric].items():
+            torch.testing.assert_close(scores["left"][metric][n], s, rtol=1e-5, atol=1e-7 * float(s.abs().max()))
+
+
+def test_gpt2_conv1d_weights_are_eligible_and_train_sparsely(tiny_causal_dirs):
+    from benchmarks.common import dense_masked_gradients_
+    from salience_bench.training import SparseDeltaEngine, freeze_all_but
+
+    model, tokenizer = load(tiny_causal_dirs["gpt2"], dtype=torch.float32)
+    names = list(sb.eligible_parameters(model))
+    assert names[:4] == ["transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.weight",
+                         "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_proj.weight"]
+    batches = prompt_batches(tokenizer, num_batches=3)
+    masks = sb.make_mask(sb.score(model, batches[:1], ["grad"])["grad"], density=0.05, scope="layer")
+    dense, _ = load(tiny_causal_dirs["gpt2"], dtype=torch.float32)
+    freeze_all_but(model, {})
+    engine = SparseDeltaEngine(model, masks)
+    sparse_opt = torch.optim.AdamW(engine.parameters(), lr=1e-2, weight_decay=0.0)
+    trainable = {n: p for n, p in dense.named_parameters() if n in masks}
+    freeze_all_but(dense, trainable)
+    dense_opt = torch.optim.AdamW(list(trainable.values()), lr=1e-2, weight_decay=0.0)
+    for batch in batches:
+        model(**batch).loss.backward()
+        sparse_opt.step(), sparse_opt.zero_grad()
+        engine.sync_weights()
+        dense(**batch).loss.backward()
+        dense_masked_gradients_(dense, masks)
+        dense_opt.step(), dense_opt.zero_grad()
+    engine.remove()
+    reference = dict(dense.named_parameters())
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p, reference[n], rtol=1e-5, atol=1e-6, msg=n)
+    assert any(not torch.equal(p[masks[n]], load(tiny_causal_dirs["gpt2"], dtype=torch.float32)[0].get_parameter(n)[masks[n]])
+               for n, p in model.named_parameters() if n in masks)
+
+
+def test_prompt_batches_label_the_completion_only(offline_tokenizer):
+    tokenizer = offline_tokenizer
+    batch = encode_prompts(tokenizer, ["What is 2+2?", "A much longer question about many apples?"],
+                           ["#### 4", "#### 12"], max_length=64, chat_template=False)
+    for n, (prompt, completion) in enumerate([("What is 2+2?\n", "#### 4"),
+                                              ("A much longer question about many apples?\n", "#### 12")]):
+        target = batch["labels"][n][batch["labels"][n] != IGNORE_INDEX].tolist()
+        assert target == tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        real = batch["input_ids"][n][batch["attention_mask"][n].bool()].tolist()
+        assert real == tokenizer(prompt)["input_ids"] + target
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+    # Too long: the completion is cut first, the prompt from the left; one target token always remains.
+    short = encode_prompts(tokenizer, ["word " * 50], ["#### 4"], max_length=8, chat_template=False)
+    assert short["input_ids"].shape[1] == 8 and int((short["labels"] != IGNORE_INDEX).sum()) >= 1
+    # The chat template, when the tokenizer has one (and unless turned off).
+    tokenizer.chat_template = SIMPLE_CHAT_TEMPLATE
+    try:
+        templated = encode_prompts(tokenizer, ["Hi?"], ["#### 1"], max_length=64)
+        plain = encode_prompts(tokenizer, ["Hi?"], ["#### 1"], max_length=64, chat_template=False)
+    finally:
+        tokenizer.chat_template = None
+    assert tokenizer.decode(templated["input_ids"][0]).startswith("<|user|>\nHi?\n<|assistant|>\n")
+    assert not tokenizer.decode(plain["input_ids"][0]).startswith("<|user|>")
+
+
+def test_jsonl_datasets_accept_the_usual_field_names(tmp_path):
+    for prompt_key, completion_key in (("prompt", "completion"), ("question", "answer"), ("instruction", "output")):
+        path = tmp_path / f"{prompt_key}.jsonl"
+        path.write_text("\n".join(json.dumps({prompt_key: f"q{i}", completion_key: f"a{i}"}) for i in range(40)))
+        train, held_out = sb.load_dataset(f"jsonl:{path}", "train"), sb.load_dataset(f"jsonl:{path}", "validation")
+        assert train.prompts[:2] == ["q0", "q1"] and train.completions[-1] == "a37" and held_out.prompts == ["q38", "q39"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "no prompt field"}))
+    with pytest.raises(sb.SalienceBenchError, match="needs one of the field pairs prompt/completion"):
+        sb.load_dataset(f"jsonl:{bad}")
+    with pytest.raises(sb.SalienceBenchError, match="does not exist"):
+        sb.load_dataset(f"jsonl:{tmp_path / 'missing.jsonl'}")
+
+
+def test_exact_match_reads_the_final_number(tiny_causal_dirs):
+    from salience_bench.training.loop import exact_match
+
+    assert final_number("so 3 + 4 = 7\n#### 7") == "7" and final_number("#### 1,234.") == "1234"
+    assert final_number("no answer") is None
+    model, tokenizer = load(tiny_causal_dirs["llama"], dtype=torch.float32)
+    data = sb.load_dataset("gsm8k", "test")
+    answers = iter([data.completions[0], "#### 0", data.completions[2]])
+
+    def generate(input_ids, **kwargs):  # a stand-in that "answers" the prompts
+        rows = [torch.tensor(tokenizer(next(answers), add_special_tokens=False)["input_ids"]) for _ in input_ids]
+        width = max(len(r) for r in rows)
+        rows = [torch.cat([r, torch.full((width - len(r),), tokenizer.pad_token_id)]) for r in rows]
+        return torch.cat([input_ids, torch.stack(rows)], dim=1)
+
+    model.generate = generate  # the stand-in is set on this test's own model object
+    assert exact_match(model, tokenizer, data, examples=3, max_length=256, max_new_tokens=8, chat_template=True,
+                       device=torch.device("cpu"), batch_size=2) == pytest.approx(2 / 3)
+
+
+def test_cli_scores_and_trains_a_causal_lm_on_jsonl_data(tiny_causal_dirs, tmp_path):
+    data = tmp_path / "data.jsonl"
+    gsm = sb.load_dataset("gsm8k", "train")
+    data.write_text("\n".join(json.dumps({"instruction": q, "output": a}) for q, a in zip(gsm.prompts[:60], gsm.completions[:60])))
+    out = tmp_path / "run"
+    result = run_cli("--model", str(tiny_causal_dirs["llama"]), "--dataset", f"jsonl:{data}", "--metrics", "grad,fisher,wanda",
+                     "--batches", "2", "--batch-size", "4", "--max-length", "96", "--train", "--steps", "3",
+                     "--baselines", "full,lora", "--train-batch-size", "4", "--eval-examples", "2", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = pd.read_csv(out / "downstream.csv")
+    assert set(rows.method) == {"sparse", "full", "lora"} and (rows.eval_perplexity > 1).all()
+    assert rows.eval_accuracy.between(0, 1).all()  # exact match of the generated answers
+    assert all(math.isfinite(x) for x in rows.eval_loss)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["max_length"] == 96 and manifest["config"]["task"] == "auto"
+    assert (out / "figures" / "accuracy.png").is_file()
+
+
+def test_cli_task_and_dataset_must_fit(tiny_causal_dirs, tmp_path):
+    result = run_cli("--model", str(tiny_causal_dirs["gpt2"]), "--dataset", "sst2", "--out", str(tmp_path / "a"), "--quiet")
+    assert result.returncode == 2 and "pass --task classification" in result.stderr
+    ok = run_cli("--model", str(tiny_causal_dirs["llama"]), "--dataset", "sst2", "--task", "classification",
+                 "--batches", "2", "--batch-size", "4", "--max-length", "16", "--no-figures", "--out", str(tmp_path / "b"),
+                 "--quiet")
+    assert ok.returncode == 0, ok.stderr[-2000:]  # a decoder with a new classification head
+    gsm = run_cli("--model", str(tiny_causal_dirs["gpt2"]), "--dataset", "gsm8k", "--metrics", "grad,snip",
+                  "--batches", "2", "--batch-size", "2", "--max-length", "64", "--no-figures", "--out", str(tmp_path / "c"),
+                  "--quiet")
+    assert gsm.returncode == 0, gsm.stderr[-2000:]
