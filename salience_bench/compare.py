@@ -160,16 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="plain random batches (default: batches of similar-length examples, shuffled, as Hugging "
                             "Face Trainer's group_by_length: far less padding)")
     train.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="AdamW weight decay (default: %(default)s)")
-    train.add_argument("--eval-every", type=_positive_int, default=None, metavar="N",
-                       help="also evaluate every N steps (eval_curve.csv); default: only at the end")
-    train.add_argument("--seeds", type=_listed(int, "integers"), default=None, metavar="LIST",
-                       help="comma-separated seeds, one run per seed and method, for error bars (default: --seed)")
-    train.add_argument("--eval-examples", type=int, default=0, metavar="N",
-                       help="causal LMs: exact match of the final number (GSM8K '#### n') in greedy completions of N "
-                            "evaluation prompts (default: 0, eval loss and perplexity only)")
     train.add_argument("--mask-update-every", type=_positive_int, default=None, metavar="U",
                        help="dynamic masks: re-score on the most recent batches and re-select every U steps "
                             "(drift.csv and a drift figure); default: static mask")
+    train.add_argument("--eval-every", type=_positive_int, default=None, metavar="N",
+                       help="also evaluate every N steps (eval_curve.csv); default: only at the end")
+    train.add_argument("--eval-examples", type=int, default=0, metavar="N", help="causal LMs: exact match of the "
+                       "final number (GSM8K '#### n') in greedy completions of N evaluation prompts (default: 0)")
+    train.add_argument("--seeds", type=_listed(int, "integers"), default=None, metavar="LIST",
+                       help="comma-separated seeds, one run per seed and method, for error bars (default: --seed)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
