@@ -33,6 +33,7 @@ from .scorers import (
     scorer_options,
 )
 from .scoring import Scores, score
+from .export import check_masks, load_masks, save_masks, to_peft_shira, weights_fingerprint
 from .stats import chance_jaccard, jaccard, kendall, overlap_coefficient, spearman
 from .training import TrainingMethod, list_baselines, list_methods, register_method
 from .pipeline import (
@@ -66,6 +67,7 @@ __all__ = [
     "TrainingMethod",
     "TrainingPlan",
     "chance_jaccard",
+    "check_masks",
     "describe_metrics",
     "eligible_parameters",
     "get_scorer",
@@ -77,6 +79,7 @@ __all__ = [
     "list_methods",
     "list_metrics",
     "load_dataset",
+    "load_masks",
     "load_model_and_tokenizer",
     "make_batches",
     "make_mask",
@@ -92,9 +95,12 @@ __all__ = [
     "run_and_write",
     "run_comparison",
     "run_downstream",
+    "save_masks",
     "score",
     "scorer_options",
     "selection_count",
     "spearman",
+    "to_peft_shira",
+    "weights_fingerprint",
     "write_comparison",
 ]

@@ -161,12 +161,15 @@ def allocation_frame(masks: Nested) -> pd.DataFrame:
 
 
 def pair_matrix(frame: pd.DataFrame, value: str, metrics: list[str], diagonal: float = 1.0) -> pd.DataFrame:
-    """The global rows of a pairwise frame as a symmetric metric × metric matrix."""
+    """The global rows of a pairwise frame as a symmetric metric × metric matrix (NaN where a pair has no row)."""
     glob = frame[frame["layer"] == ALL_LAYERS]
-    matrix = pd.DataFrame(diagonal, index=metrics, columns=metrics, dtype=float)
+    matrix = pd.DataFrame(float("nan"), index=metrics, columns=metrics, dtype=float)
+    for metric in metrics:
+        matrix.loc[metric, metric] = diagonal
     for row in glob.itertuples(index=False):
         a, b, v = getattr(row, "metric_a"), getattr(row, "metric_b"), getattr(row, value)
-        matrix.loc[a, b] = matrix.loc[b, a] = v
+        if a in matrix.index and b in matrix.index:
+            matrix.loc[a, b] = matrix.loc[b, a] = v
     return matrix
 
 

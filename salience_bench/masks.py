@@ -22,7 +22,7 @@ from .errors import SalienceBenchError
 from .tiles import block_sums, expand_tiles
 
 Mask = Mapping[str, torch.Tensor]
-SCOPES = ("global", "layer")
+SCOPES = ("global", "layer", "lora")
 STRUCTURES = ("unstructured", "row", "block", "nm")
 
 
@@ -77,17 +77,17 @@ def _bracketed_threshold(scores: Mapping[str, torch.Tensor], k: int) -> tuple[in
         inside = flat >= lo if lo is not None else torch.ones_like(flat, dtype=torch.bool)
         return inside & (flat <= hi) if hi is not None else inside
 
-    # One pass, one tensor at a time: counts above the bracket, and the few scores inside it.
-    above, inside = [], []
-    for s in scores.values():
-        flat = s.detach().reshape(-1)
-        if hi is not None:
-            above.append(torch.count_nonzero(flat > hi))
-        inside.append(flat[band(flat)])
+    # Counts stay on the device until one read for all tensors: no per-tensor host sync. Stored scores are
+    # read twice; scores computed on access are computed again for the second pass instead of being kept.
+    above = [torch.count_nonzero(s.detach().reshape(-1) > hi) for s in scores.values()] if hi is not None else []
+    in_band = torch.stack([torch.count_nonzero(band(s.detach().reshape(-1))) for s in scores.values()]).tolist()
     above_n = int(torch.stack(above).sum().item()) if above else 0
-    candidates = torch.cat(inside)
-    if not above_n < k <= above_n + candidates.numel():
+    if not above_n < k <= above_n + sum(in_band):
         return None
+    candidates = torch.cat([
+        flat[torch.nonzero_static(band(flat), size=count).squeeze(1)]
+        for flat, count in ((s.detach().reshape(-1), c) for s, c in zip(scores.values(), in_band))
+    ])
     value = torch.topk(candidates.float(), k - above_n).values[-1]
     threshold = int(_ordered_keys(value.reshape(1)).item())
     strictly_above = above_n + int((candidates > value).sum().item())
@@ -173,26 +173,32 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def top_k_mask(scores: Mapping[str, torch.Tensor], k: int) -> MaskSet:
-    """Exactly ``k`` selected entries over all tensors: the largest scores, ties by position."""
+    """Exactly ``k`` selected entries over all tensors: the largest scores, ties by position.
+
+    Two passes after the threshold search, with one host read between them: the first counts each
+    tensor's entries above and at the threshold, the second writes each tensor's selected positions
+    (sizes known, so nothing waits on the device tensor by tensor)."""
     total = sum(_numel(scores, n) for n in scores)
     if not 0 < k <= total:
         raise SalienceBenchError(f"k={k} must be between 1 and the number of eligible weights ({total})")
     threshold, take_equal = kth_largest_key(scores, k)
-    indices, shapes = {}, {}
-    for name, s in scores.items():
+    counts = None
+    for i, s in enumerate(scores.values()):
         keys = _ordered_keys(s)
+        if counts is None:
+            counts = torch.empty(len(scores), 2, dtype=torch.int64, device=keys.device)
+        counts[i, 0], counts[i, 1] = torch.count_nonzero(keys > threshold), torch.count_nonzero(keys == threshold)
+    indices, shapes = {}, {}
+    for (name, s), (above, equal) in zip(scores.items(), counts.tolist()):
+        take = min(equal, take_equal)
+        take_equal -= take
+        keys = _ordered_keys(s).reshape(-1)
         mask = keys > threshold
-        if take_equal > 0:
-            equal = keys == threshold
-            n_equal = int(equal.sum().item())
-            if n_equal:
-                if n_equal <= take_equal:
-                    mask |= equal
-                else:
-                    flat = equal.reshape(-1)
-                    mask |= (flat & (flat.cumsum(0) <= take_equal)).reshape(s.shape)
-                take_equal -= min(n_equal, take_equal)
-        indices[name], shapes[name] = _positions(mask), s.shape
+        if take:
+            ties = keys == threshold
+            mask |= ties & (ties.cumsum(0) <= take) if take < equal else ties
+        index = torch.nonzero_static(mask, size=above + take).squeeze(1)
+        indices[name], shapes[name] = index.to(torch.int32) if keys.numel() < 2**31 else index, s.shape
     return MaskSet(indices, shapes)
 
 
@@ -216,10 +222,20 @@ class MaskSpec:
     structure: str = "unstructured"
     block_size: int = 64
     nm: tuple[int, int] = (2, 4)
+    rank: int | None = None  # scope "lora": each tensor gets exactly rank·(rows + columns) entries
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
             raise SalienceBenchError(f"unknown scope {self.scope!r}; valid: {', '.join(SCOPES)}")
+        if self.scope == "lora":
+            if not _is_int(self.rank) or self.rank < 1:
+                raise SalienceBenchError(f"scope 'lora' needs rank (--rank) as an integer ≥ 1, got {self.rank!r}")
+            if self.density is not None or self.k is not None or self.structure != "unstructured":
+                raise SalienceBenchError("scope 'lora' sizes each tensor by its rank: give neither density nor k, "
+                                         "and no structure")
+            return
+        if self.rank is not None:
+            raise SalienceBenchError(f"rank={self.rank} applies to scope 'lora' only (got scope {self.scope!r})")
         if self.structure not in STRUCTURES:
             raise SalienceBenchError(f"unknown structure {self.structure!r}; valid: {', '.join(STRUCTURES)}")
         if not _is_int(self.block_size) or self.block_size < 1:
@@ -247,12 +263,19 @@ class MaskSpec:
 
     @property
     def target_density(self) -> float | None:
-        """The fraction asked for (N/M for ``nm``); None when sized by ``k``."""
+        """The fraction asked for (N/M for ``nm``); None when sized by ``k`` or by a LoRA rank."""
         return self.nm[0] / self.nm[1] if self.structure == "nm" else self.density
 
-    def count(self, total: int) -> int:
-        """The number of weights this spec aims at among ``total`` eligible ones."""
+    def count(self, total: int, shapes: Mapping[str, Sequence[int]] | None = None) -> int:
+        """The number of weights this spec aims at among ``total`` eligible ones (scope "lora": needs ``shapes``)."""
+        if self.scope == "lora":
+            return sum(self.lora_count(shape) for shape in (shapes or {}).values())
         return self.k if self.k is not None else selection_count(total, self.target_density)
+
+    def lora_count(self, shape: Sequence[int]) -> int:
+        """rank · (rows + columns): LoRA's trainable count on a weight of this shape (LIFT's and SHiRA's budget)."""
+        rows, cols = _as_2d_shape(shape)
+        return self.rank * (rows + cols)
 
     def check_shapes(self, shapes: Mapping[str, Sequence[int]]) -> None:
         """Refuse, before anything is scored, a spec that cannot make a mask for tensors of these shapes:
@@ -261,6 +284,13 @@ class MaskSpec:
             raise SalienceBenchError("no tensors to mask")
         sides = {name: _as_2d_shape(shape) for name, shape in shapes.items()}
         total = sum(r * c for r, c in sides.values())
+        if self.scope == "lora":
+            for name, shape in shapes.items():
+                if self.lora_count(shape) > math.prod(shape):
+                    raise SalienceBenchError(
+                        f"rank {self.rank} asks {self.lora_count(shape):,} entries of {name!r}, which has "
+                        f"{math.prod(shape):,}; use a rank ≤ {max(1, math.prod(shape) // sum(sides[name]))}")
+            return
         if self.k is not None and self.k > total:
             raise SalienceBenchError(f"k={self.k} is larger than the {total} eligible weights")
         if self.structure == "nm":
@@ -296,13 +326,17 @@ class MaskSpec:
         if not isinstance(scores, Mapping) or not scores:
             raise SalienceBenchError(f"scores must be a non-empty dict of tensors by name, got {type(scores).__name__}"
                                      + (" (empty)" if isinstance(scores, Mapping) else ""))
-        shapes = {}
+        shapes, bad = {}, None
         for name, s in scores.items():  # one tensor at a time (scores may be computed on access)
             if not isinstance(s, torch.Tensor):
                 raise SalienceBenchError(f"scores of {name!r} must be a tensor, got {type(s).__name__}")
-            if s.is_floating_point() and not torch.isfinite(s).all():
-                raise SalienceBenchError(f"scores of {name!r} contain NaN or inf; cannot rank them")
+            if s.is_floating_point():  # a running count on the device: one host read for all tensors
+                count = s.numel() - torch.isfinite(s).count_nonzero()
+                bad = count if bad is None else bad + count
             shapes[name] = s.shape
+        if bad is not None and int(bad):
+            name = next(n for n, s in scores.items() if s.is_floating_point() and not torch.isfinite(s).all())
+            raise SalienceBenchError(f"scores of {name!r} contain NaN or inf; cannot rank them")
         self.check_shapes(shapes)
         if self.structure in ("nm", "row"):
             select = (lambda s: _nm_mask(s, *self.nm)) if self.structure == "nm" else (lambda s: _row_mask(s, self.density))
@@ -314,12 +348,17 @@ class MaskSpec:
             tile_masks = _unstructured(tiles, self.density if self.k is None else None, tile_k, self.scope)
             return MaskSet({name: _positions(expand_tiles(tile_masks[name], block, _as_2d_shape(shapes[name])))
                             for name in scores}, shapes)
+        if self.scope == "lora":
+            return MaskSet({name: top_k_mask({name: s}, self.lora_count(s.shape)).indices(name)
+                            for name, s in scores.items()}, shapes)
         return _unstructured(scores, self.density, self.k, self.scope)
 
     def describe(self, realised_density: float | None = None) -> str:
         """A short label for titles: "top-1.00% masks (global)", "2:4 masks" …"""
         if self.structure == "nm":
             return f"{self.nm[0]}:{self.nm[1]} masks"
+        if self.scope == "lora":
+            return f"LoRA-matched masks (rank {self.rank}: r·(m+n) per tensor)"
         density = realised_density if realised_density is not None else self.density
         size = f"top-{density:.2%}" if density is not None else f"top-{self.k:,}"
         return f"{size} masks ({self.scope}{'' if self.structure == 'unstructured' else ', ' + self.structure})"
@@ -337,6 +376,7 @@ def make_mask(
     structure: str = "unstructured",
     block_size: int = 64,
     nm: tuple[int, int] = (2, 4),
+    rank: int | None = None,
 ) -> "MaskSet":
     """Masks selecting the highest-scoring weights (the options are those of :class:`MaskSpec`): a mapping
     from tensor name to a boolean mask shaped like it, kept compactly as selected positions.
@@ -346,9 +386,11 @@ def make_mask(
     exactly round(d·number of tiles) tiles, or round(k / block_size²); edge tiles may be
     smaller, so the realised density can differ slightly from d); ``nm`` (in every group of M
     consecutive entries along the input dimension keep the N largest: density N/M, exact when
-    the input size is a multiple of M). Ties always go to the lower position.
+    the input size is a multiple of M). ``scope="lora"`` with ``rank=r``: exactly r·(rows + columns) entries
+    in every tensor, LoRA's count layer by layer (the budget of LIFT and peft's SHiRA). Ties always go to the
+    lower position.
     """
-    spec = MaskSpec(density=density, k=k, scope=scope, structure=structure, block_size=block_size, nm=nm)
+    spec = MaskSpec(density=density, k=k, scope=scope, structure=structure, block_size=block_size, nm=nm, rank=rank)
     return spec.apply(scores)
 
 

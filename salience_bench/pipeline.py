@@ -124,6 +124,9 @@ class CompareConfig:
     training: TrainingPlan | None = None
     task: str = "auto"  # auto: from the checkpoint (a next-token head → causal-lm); or classification, causal-lm
     chat_template: bool = True  # prompt/completion data: apply the tokenizer's chat template when it has one
+    save_masks: bool = False  # write masks/<metric>.safetensors
+    load_masks: tuple[str, ...] = ()  # mask files compared (and trained) beside the metrics, as "file:<stem>"
+    export_peft: str | None = None  # a peft SHiRA adapter per metric in this folder (needs scope "lora")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", tuple(resolve_metrics(self.metrics)))  # names, aliases, globs, "all"
@@ -134,6 +137,13 @@ class CompareConfig:
             raise SalienceBenchError(_task_mismatch(self.task, self.dataset))
         if self.max_length is None:
             object.__setattr__(self, "max_length", 512 if dataset_task(self.dataset) == "causal-lm" else 64)
+        object.__setattr__(self, "load_masks", tuple(str(p) for p in self.load_masks))
+        for path in self.load_masks:
+            if not Path(path).is_file():
+                raise SalienceBenchError(f"mask file {path!r} does not exist")
+        if self.export_peft is not None and self.mask.scope != "lora":
+            raise SalienceBenchError("--export-peft builds SHiRA adapters, which train r·(m+n) entries per layer: "
+                                     "use --scope lora --rank R")
         for name in ("include", "exclude"):
             value = getattr(self, name)
             object.__setattr__(self, name, tuple(value) if value else None)
@@ -194,7 +204,9 @@ class Comparison:
     device: torch.device
     model_path: str
     started: datetime
+    weights_fingerprint: str = ""
     train_data: Dataset | None = field(default=None, repr=False)
+    loaded_masks: dict = field(default_factory=dict, repr=False)  # "file:<stem>" → MaskSet
 
     @property
     def network_scores(self) -> dict[str, float]:
@@ -221,8 +233,9 @@ class Comparison:
 
     def pair_matrix(self, value: str) -> pd.DataFrame:
         """``jaccard`` (from the overlap table) or ``spearman`` / ``kendall`` as a metric × metric matrix."""
-        frame = self.overlap if value in analysis.OVERLAP_COLUMNS else self.ranks
-        return analysis.pair_matrix(frame, value, self.metrics)
+        if value in analysis.OVERLAP_COLUMNS:
+            return analysis.pair_matrix(self.overlap, value, self.metrics)
+        return analysis.pair_matrix(self.ranks, value, list(self.scores))  # scored metrics only
 
 
 def prepare_output(out: str | Path | None, *, overwrite: bool = False, config: CompareConfig | None = None,
@@ -296,21 +309,32 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, progress: bool
                    seed=config.seed, progress=progress, options=config.score_options)
     scoring_seconds = time.perf_counter() - t_score
     metrics = list(scores)
+    from .export import check_masks, load_masks, weights_fingerprint
+
+    fingerprint = weights_fingerprint(params)
+    loaded = {}
+    for path in config.load_masks:
+        masks, metadata = load_masks(path)
+        check_masks(masks, params, metadata, source=f"mask file {path!r}")
+        loaded[f"file:{Path(path).stem}"] = masks
     result = Comparison(
         config=config, metrics=metrics, scores=scores, masks={}, overlap=pd.DataFrame(columns=analysis.OVERLAP_COLUMNS),
         ranks=pd.DataFrame(columns=analysis.RANK_COLUMNS), allocation=pd.DataFrame(columns=analysis.ALLOCATION_COLUMNS),
         eligible_tensors=list(params), eligible_weights=eligible, realised_density=config.mask.target_density or 0.0,
         scoring_batches=len(batches) if batches else 0, scoring_seconds=scoring_seconds, device=device,
         model_path=str(getattr(model, "name_or_path", config.model)), started=started, train_data=data,
+        weights_fingerprint=fingerprint, loaded_masks=loaded,
     )
     if not distributed.is_main():  # rank 0 analyses and writes; the others only help to train
         return result
-    result.masks = {m: config.mask.apply(s) for m, s in result.scores.items()}
+    result.masks = {**{m: config.mask.apply(s) for m, s in result.scores.items()}, **loaded}
+    result.metrics = list(result.masks)  # loaded masks join the overlap and allocation tables
     if result.masks:
         selected = sum(int(x.sum()) for x in next(iter(result.masks.values())).values())
         result.realised_density = selected / eligible
-    if tables and len(metrics) > 1:
+    if tables and len(result.masks) > 1:
         result.overlap = analysis.overlap_frame(result.masks)
+    if tables and len(metrics) > 1:
         result.ranks = analysis.rank_correlation_frame(result.scores, kendall_max_n=config.kendall_sample,
                                                        seed=config.seed, progress=progress, max_memory=config.max_memory)
     if tables and result.masks:
@@ -349,6 +373,7 @@ def run_downstream(result: Comparison, out_dir: Path, *, figures: bool = True, p
     if plan is None:
         raise SalienceBenchError("this comparison has no training plan (CompareConfig.training)")
     train_config = plan.train_config(config)
+    train_config.fixed_masks = dict(result.loaded_masks)
     data = result.train_data or load_dataset(config.dataset, "train")
     eval_data = load_eval_dataset(config.dataset)
     dtype = getattr(torch, config.dtype)
@@ -383,6 +408,16 @@ def write_comparison(result: Comparison, out_dir: str | Path, *, figures: bool =
     for name, frame in tables.items():
         report_io.write_csv(frame, out_dir / name)
     files = list(tables)
+    if config.save_masks:
+        from .export import save_masks
+
+        (out_dir / "masks").mkdir(exist_ok=True)
+        for metric in result.scores:
+            save_masks(out_dir / "masks" / f"{metric}.safetensors", result.masks[metric], dict(
+                metric=metric, mask=config.mask.to_dict(), seed=config.seed, model=config.model,
+                model_path=result.model_path, include=config.include, exclude=config.exclude,
+                weights_fingerprint=result.weights_fingerprint, scoring_batches=result.scoring_batches))
+            files.append(f"masks/{metric}.safetensors")
     if figures and result.masks:
         files += _comparison_figures(out_dir / "figures", result)
     if downstream is not None:
@@ -477,6 +512,8 @@ def run_and_write(config: CompareConfig, out: str | Path | None = None, *, overw
         if distributed.is_main():
             write_comparison(result, folder.work, figures=figures, downstream=downstream, command=command)
             folder.finish()
+            if config.export_peft:
+                export_adapters(result, config.export_peft, log=log)
     except OSError as err:
         folder.abandon()
         raise SalienceBenchError(f"writing the results into {str(folder.work)!r} failed: {err.strerror or err}; "
@@ -485,3 +522,21 @@ def run_and_write(config: CompareConfig, out: str | Path | None = None, *, overw
         folder.abandon()  # keeps finished downstream runs, so the same call resumes
         raise
     return Run(result, downstream, folder.path)
+
+
+def export_adapters(result: Comparison, folder: str | Path, *, log: Log = _silent) -> list[Path]:
+    """A peft SHiRA adapter per scored metric in ``folder/<metric>``, trainable exactly on its mask."""
+    from .export import to_peft_shira
+
+    config = result.config
+    written = []
+    for metric in result.scores:
+        model, _ = load_model_and_tokenizer(config.model, num_labels=(result.train_data.num_labels or 2)
+                                            if result.train_data else 2, seed=config.seed,
+                                            dtype=getattr(torch, config.dtype), task=config.resolved_task())
+        masks = {n: m.cpu() for n, m in result.masks[metric].items()}
+        target = Path(folder) / metric
+        to_peft_shira(model, masks, config.mask.rank).save_pretrained(str(target))
+        log(f"wrote a peft SHiRA adapter for {metric} to {target}")
+        written.append(target)
+    return written

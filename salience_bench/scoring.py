@@ -2,9 +2,8 @@
 
 Each batch costs one forward and one backward. Each scored tensor's gradient is folded into the
 accumulators as soon as autograd has it (a post-accumulate-grad hook) and freed at once, so no full
-set of ``.grad`` tensors is kept. Accumulators that need another one's finished result (GraSP's
-Hessian-gradient products need ḡ) run in a second pass. Model scorers (``synflow``,
-``jacob_cov``) run the model their own way. Tensor scorers then turn the accumulators into
+set of ``.grad`` tensors is kept. Accumulators that need another one's finished result run in a second
+pass. Model scorers (``grasp``, ``synflow``, ``jacob_cov``) run the model their own way. Tensor scorers then turn the accumulators into
 scores tensor by tensor.
 """
 
@@ -131,14 +130,12 @@ def _run_pass(
     """One walk over ``batches`` feeding ``accumulators``; returns how many batches it saw."""
     device = next(iter(params.values())).device
     backward = any(acc.needs_backward for acc in accumulators)
-    custom = [acc for acc in accumulators if type(acc).batch_gradients is not Accumulator.batch_gradients]
-    plain = [acc for acc in accumulators if acc not in custom]
     num_batches = 0
     with ScoringMode(model, params), ExitStack() as stack:
         for acc in accumulators:
             stack.enter_context(acc.hooks())
-        if backward and plain:
-            stack.enter_context(_gradient_hooks(params, [a for a in plain if a.needs_backward]))
+        if backward:
+            stack.enter_context(_gradient_hooks(params, [a for a in accumulators if a.needs_backward]))
         with torch.set_grad_enabled(backward):
             for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
                 _check_batch(model, batch, num_batches)
@@ -146,11 +143,7 @@ def _run_pass(
                 for acc in accumulators:
                     acc.start_batch(batch)
                 loss = _loss(model, batch, num_batches)
-                if custom:
-                    for acc in custom:
-                        for name, grad in acc.batch_gradients(loss):
-                            acc.add_gradient(name, grad)
-                elif backward:
+                if backward:
                     loss.backward()
                 num_batches += 1
     return num_batches
@@ -246,9 +239,14 @@ def score(
             per_tensor = dict(value)
             result[scorer.name] = _checked(scorer.name, per_tensor, params)
         else:
-            lazy = MetricScores(scorer, params, accumulated, seed=seed, num_batches=num_batches, options=options)
-            _check_finite(scorer.name, lazy)
-            result[scorer.name] = lazy
+            # Computed when read; their inputs (weights, accumulators) are checked once below, and the scores
+            # themselves wherever they are consumed (masks refuse NaN/inf, rank statistics return NaN).
+            result[scorer.name] = MetricScores(scorer, params, accumulated, seed=seed, num_batches=num_batches,
+                                               options=options)
+    if any(not s.whole_model for s in scorers):
+        _check_finite("the weights", {n: p.detach() for n, p in params.items()})
+        for need, per_tensor in accumulated.items():
+            _check_finite(f"accumulator {need!r}", per_tensor)
     return result
 
 
@@ -273,10 +271,11 @@ def _checked(metric: str, per_tensor: dict[str, torch.Tensor], params: Mapping[s
     return per_tensor
 
 
-def _check_finite(metric: str, scores: Mapping[str, torch.Tensor]) -> None:
-    """Every score finite, one tensor at a time, with one host read per metric."""
-    names = list(scores)
-    non_finite = torch.stack([s.numel() - torch.isfinite(s).count_nonzero() for s in scores.values()])
+def _check_finite(what: str, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Every entry finite, one tensor at a time, with one host read for all of them."""
+    names = list(tensors)
+    non_finite = torch.stack([t.numel() - torch.isfinite(t).count_nonzero() for t in tensors.values()])
     for pname, bad in zip(names, non_finite.tolist()):
         if bad:
-            raise SalienceBenchError(f"metric {metric!r} produced {bad} NaN/inf scores in {pname!r}")
+            label = f"metric {what!r} produced" if not what.startswith(("the ", "accumulator")) else f"{what} hold"
+            raise SalienceBenchError(f"{label} {bad} NaN/inf values in {pname!r}")

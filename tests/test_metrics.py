@@ -93,18 +93,24 @@ def test_smt_block_sums_every_tile_by_plain_loops():
     check_scorer("smt_block", reference, options={"block_size": 5})
 
 
-def test_grasp_matches_finite_difference_hessian_vector_products():
+def test_grasp_matches_finite_differences_over_every_linear_weight():
+    """zero-cost-nas's GraSP: ḡ and H ḡ over every linear weight (head and pooler included), whatever is scored;
+    the finite differences perturb all of those weights along ḡ."""
+
     def reference(model, batches, names):
-        params, eps = dict(model.named_parameters()), 1e-4
-        gbar = mean_gradient(model, batches, names)
+        params = dict(model.named_parameters())
+        linear = [n + ".weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        assert "classifier.weight" in linear and "bert.pooler.dense.weight" in linear
+        eps = 1e-4
+        gbar = mean_gradient(model, batches, linear)
 
         def grads_at(sign):
             with torch.no_grad():
-                for n in names:
+                for n in linear:
                     params[n].add_(sign * eps * gbar[n].double())
             g = mean_gradient(model, batches, names)
             with torch.no_grad():
-                for n in names:
+                for n in linear:
                     params[n].sub_(sign * eps * gbar[n].double())
             return g
 
@@ -114,6 +120,14 @@ def test_grasp_matches_finite_difference_hessian_vector_products():
     names = ["bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.0.attention.self.key.weight",
              "bert.encoder.layer.0.attention.self.value.weight"]
     check_scorer("grasp", reference, rtol=1e-3, include=names, model_factory=lambda: tiny_bert(dtype=torch.float64))
+
+
+def test_grasp_scores_do_not_depend_on_the_selection(model, batches):
+    names = ["bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.1.output.dense.weight"]
+    alone = sb.score(model, batches, ["grasp"], include=names)["grasp"]
+    everything = sb.score(model, batches, ["grasp"])["grasp"]
+    for n in names:
+        torch.testing.assert_close(alone[n], everything[n], rtol=1e-5, atol=1e-9)
 
 
 def linearised_copy(model):
@@ -170,6 +184,32 @@ def test_synflow_raw_values_match_finite_differences(model):
                 w.view(-1)[flat] += h
             expected = abs(w.view(-1)[flat].item() * (up - down) / (2 * h))
             assert raw[name].view(-1)[flat].item() == pytest.approx(expected, rel=1e-4, abs=resolution), (name, flat)
+
+
+def test_synflow_removes_batchnorm_on_a_cnn():
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():  # running statistics far from the identity, so keeping BatchNorm would show
+        for bn in (cnn[1], cnn[4]):
+            bn.running_mean.uniform_(-2, 2)
+            bn.running_var.uniform_(0.1, 5)
+    cnn.eval()
+    params = {n: p for n, p in cnn.named_parameters() if n in ("0.weight", "3.weight", "8.weight")}
+    scores = sb.score(cnn, None, ["synflow"], params=params, options={"synflow_input_shape": "3,8,8"})["synflow"]
+    twin = copy.deepcopy(cnn).double()
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.abs_()
+    twin[1], twin[2], twin[4], twin[5] = nn.Identity(), nn.Identity(), nn.Identity(), nn.Identity()
+    twin_params = dict(twin.named_parameters())
+    grads = torch.autograd.grad(twin(torch.ones(1, 3, 8, 8, dtype=torch.float64)).sum(), [twin_params[n] for n in params])
+    for (n, _), g in zip(params.items(), grads):
+        expected = torch.log((twin_params[n].detach() * g).abs()).float()
+        torch.testing.assert_close(scores[n], expected, rtol=1e-6, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(cnn.state_dict().values(), copy.deepcopy(cnn).state_dict().values()))
+    with pytest.raises(sb.SalienceBenchError, match="synflow_input_shape"):
+        sb.score(cnn, None, ["synflow"], params=params)
 
 
 def test_synflow_swaps_modules_instead_of_patching_forward(model):

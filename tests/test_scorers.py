@@ -137,8 +137,13 @@ def test_nan_scores_are_rejected(fresh_registry, model):
         """always NaN."""
         return torch.full_like(t.weight, float("nan"))
 
-    with pytest.raises(sb.SalienceBenchError, match="NaN/inf"):
-        sb.score(model, None, ["broken"])
+    scores = sb.score(model, None, ["broken"])  # computed when read: refused where consumed
+    with pytest.raises(sb.SalienceBenchError, match="contain NaN or inf"):
+        sb.make_mask(scores["broken"], density=0.1)
+    with torch.no_grad():
+        model.bert.encoder.layer[0].attention.self.query.weight[0, 0] = float("nan")
+    with pytest.raises(sb.SalienceBenchError, match="the weights hold 1 NaN/inf values in 'bert.encoder.layer.0"):
+        sb.score(model, None, ["magnitude"])
 
 
 def test_bad_inputs(model, batches):
@@ -151,3 +156,41 @@ def test_bad_inputs(model, batches):
         sb.score(model, unlabeled, ["grad"])
     with pytest.raises(sb.SalienceBenchError, match="not one"):
         sb.score(model, batches, ["fisher"], include=["*LayerNorm.weight"])
+
+
+def test_an_accumulator_can_run_after_another(fresh_registry, model, batches):
+    """A second pass that needs ḡ first: the centred second moment (1/B) Σ_b (g_b − ḡ)²."""
+
+    @sb.register_accumulator
+    class CentredSquares(sb.Accumulator):
+        name = "centred_sq"
+        after = ("mean_grad",)
+
+        def __init__(self, model, params):
+            super().__init__(model, params)
+            self.sums = {n: self.zeros(p.shape) for n, p in self.params.items()}
+
+        def begin(self, earlier):
+            self.mean = earlier["mean_grad"]
+
+        def add_gradient(self, name, grad):
+            self.sums[name].add_((grad - self.mean[name]).square())
+
+        def to_all_reduce(self):
+            return list(self.sums.values())
+
+        def finalize(self, num_batches):
+            return {n: s / num_batches for n, s in self.sums.items()}
+
+    @sb.register("grad_variance", needs={"centred_sq"})
+    def grad_variance(t):
+        """(1/B) Σ_b (g_b − ḡ)²."""
+        return t.centred_sq
+
+    names = block_linear_weights(model)
+    per_batch = [mean_gradient(model, [b], names) for b in batches]
+    scores = sb.score(model, batches, ["grad_variance"])["grad_variance"]
+    for n in names:
+        gbar = sum(g[n] for g in per_batch) / len(batches)
+        expected = sum((g[n] - gbar) ** 2 for g in per_batch) / len(batches)
+        torch.testing.assert_close(scores[n], expected, rtol=1e-3, atol=1e-3 * float(expected.max()))

@@ -143,3 +143,12 @@ def test_global_spearman_beyond_the_memory_budget_is_sampled_with_its_standard_e
     assert abs(s.spearman - e.spearman) < 4 * s.spearman_se
     assert e.spearman == pytest.approx(scipy.stats.spearmanr(torch.cat(list(base.values())).numpy(),
                                                              torch.cat(list(scores["b"].values())).numpy()).statistic, abs=1e-12)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_the_torch_kendall_route_equals_scipy(ties):
+    """The GPU route, run here on the CPU tensors, against scipy (the CPU route calls scipy itself)."""
+    for n in (2, 3, 17, 1000, 20_000):
+        x, y = pairs(n + 7, n, ties)
+        assert stats.kendall_tau_b_torch(x, y) == pytest.approx(scipy.stats.kendalltau(x.numpy(), y.numpy()).statistic,
+                                                                abs=1e-12)

@@ -1,7 +1,7 @@
 """The accumulator protocol and its registry.
 
 An accumulator gathers one float32 statistic per scored tensor over the scoring batches (ḡ,
-mean |g_b|, per-example squared gradients, input norms, Hessian-gradient products …). The
+mean |g_b|, per-example squared gradients, input norms …). The
 scoring pass (:func:`salience_bench.scoring.accumulate`) drives every requested accumulator
 through the same five steps, so adding one is one file with one decorated class:
 
@@ -13,8 +13,8 @@ through the same five steps, so adding one is one file with one decorated class:
 5. ``finalize(num_batches)`` — ``{param_name: statistic}``.
 
 An accumulator that needs another one's finished result (``after``) runs in a second pass over the
-same batches; it receives those results in :meth:`Accumulator.begin` and may replace the gradient it is
-fed by overriding :meth:`Accumulator.batch_gradients`.
+same batches and receives those results in :meth:`Accumulator.begin` (e.g. a centred second moment
+needs ḡ first).
 """
 
 from __future__ import annotations
@@ -57,11 +57,6 @@ class Accumulator:
 
     def add_gradient(self, name: str, grad: torch.Tensor) -> None:
         """Fold in the float32 gradient of one scored tensor for the current batch."""
-
-    def batch_gradients(self, loss: torch.Tensor) -> Iterable[tuple[str, torch.Tensor]] | None:
-        """Later-pass accumulators may compute their own per-batch gradients from the loss
-        (e.g. Hessian-vector products); ``None`` means: the plain gradient of the batch loss."""
-        return None
 
     def to_all_reduce(self) -> list[torch.Tensor]:
         """Tensors (sums and counts) that are summed over processes in place before finalize."""

@@ -76,15 +76,20 @@ class ExampleSquaredGradients(LinearHookAccumulator):
             scale = self._scale
 
             def on_output_grad(grad_out: torch.Tensor) -> None:
+                # The per-example products run in the model's own precision (as its weight gradients do:
+                # bf16 on tensor cores for a bf16 model, float32 for a float32 one); squares and sums in float32.
                 batch = x.shape[0]
-                xs = x.reshape(batch, -1, x.shape[-1]).float()
-                gs = grad_out.reshape(batch, -1, grad_out.shape[-1]).float()
-                gs = gs * (scale.view(-1, 1, 1) if scale is not None else batch)
+                xs = x.reshape(batch, -1, x.shape[-1])
+                gs = grad_out.reshape(batch, -1, grad_out.shape[-1])
                 if self._transposed[name]:  # Conv1D: weight (in, out)
-                    per_example = torch.bmm(xs.transpose(1, 2), gs)
+                    per_example = torch.bmm(xs.transpose(1, 2), gs.to(xs.dtype))
                 else:  # nn.Linear: weight (out, in)
-                    per_example = torch.bmm(gs.transpose(1, 2), xs)
-                self.sums[name].add_(per_example.square_().sum(0))
+                    per_example = torch.bmm(gs.transpose(1, 2).to(xs.dtype), xs)
+                squares = per_example.float().square_()
+                if scale is None:  # every example's own loss is the batch mean times B
+                    self.sums[name].add_(squares.sum(0), alpha=float(batch) ** 2)
+                else:
+                    self.sums[name].add_(torch.einsum("b,boi->oi", scale.square(), squares))
 
             output.register_hook(on_output_grad)
 

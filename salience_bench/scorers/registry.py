@@ -47,6 +47,8 @@ class Option:
             raise SalienceBenchError(f"scorer option {name}={value!r} must be an integer")
         if self.type is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise SalienceBenchError(f"scorer option {name}={value!r} must be a number")
+        if self.type is str and not isinstance(value, str):
+            raise SalienceBenchError(f"scorer option {name}={value!r} must be a string")
         if self.minimum is not None and not value >= self.minimum:
             raise SalienceBenchError(f"scorer option {name}={value!r} must be ≥ {self.minimum}")
         return self.type(value)

@@ -11,9 +11,11 @@ from torch import nn
 from .. import distributed
 from ..model_state import ScoringMode
 from ..runtime import to_device
+from ..errors import SalienceBenchError
 from .registry import ModelContext, Option, register_model_scorer
 
-_NONLINEAR = (nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Mish, nn.LayerNorm, nn.GroupNorm)
+_NONLINEAR = (nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Mish, nn.LayerNorm, nn.GroupNorm,
+              nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
 
 
 def _is_nonlinearity(module: nn.Module) -> bool:
@@ -75,6 +77,8 @@ def absolute_float64(model: nn.Module) -> Iterator[None]:
 
 
 def _logits(output) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
     return output.logits if hasattr(output, "logits") else output[0]
 
 
@@ -89,16 +93,26 @@ def log_score(x: torch.Tensor) -> torch.Tensor:
 
 
 @register_model_scorer("synflow", source="Tanaka et al. 2020 (SynFlow); zero-cost-nas",
-                       options={"synflow_tokens": Option(int, 8, "length of synflow's all-ones input", minimum=1)})
+                       options={"synflow_tokens": Option(int, 8, "length of synflow's all-ones input", minimum=1),
+                                "synflow_input_shape": Option(str, "", "synflow's all-ones input shape for a model "
+                                                              "without input embeddings (a CNN: 'C,H,W')")})
 def synflow(ctx: ModelContext) -> dict[str, torch.Tensor]:
     """log |W ⊙ ∂R/∂W|, R = sum of outputs with weights |W|, no nonlinearities, all-ones input; data-free, float64 (log: same order, fits float32)."""
     model, params = ctx.model, ctx.params
     tokens = ctx.options["synflow_tokens"]
     device = next(iter(params.values())).device
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    shape = ctx.options["synflow_input_shape"]
+    if embeddings is None and not shape:
+        raise SalienceBenchError("synflow on a model without input embeddings needs its input shape: "
+                                 "options={'synflow_input_shape': 'C,H,W'}")
     with ScoringMode(model, params), absolute_float64(model), linearised(model), torch.enable_grad():
-        width = model.get_input_embeddings().embedding_dim
-        ones = torch.ones(1, tokens, width, dtype=torch.float64, device=device)
-        total = _logits(model(inputs_embeds=ones, attention_mask=torch.ones(1, tokens, dtype=torch.long, device=device))).sum()
+        if embeddings is not None:  # a transformer: all-ones input embeddings of ``tokens`` positions
+            ones = torch.ones(1, tokens, embeddings.embedding_dim, dtype=torch.float64, device=device)
+            output = model(inputs_embeds=ones, attention_mask=torch.ones(1, tokens, dtype=torch.long, device=device))
+        else:
+            output = model(torch.ones(1, *(int(x) for x in shape.split(",")), dtype=torch.float64, device=device))
+        total = _logits(output).sum()
         names = list(params)
         grads = torch.autograd.grad(total, [params[n] for n in names], allow_unused=True)
         return {

@@ -64,6 +64,7 @@ class TrainConfig:
     chat_template: bool = True  # prompt/completion data: the tokenizer's chat template, when it has one
     eval_examples: int = 0  # causal LMs: greedy-decoded exact match of the final number on this many eval examples
     max_new_tokens: int = 256  # … generating at most this many tokens each
+    fixed_masks: dict = field(default_factory=dict)  # "file:<stem>" → a saved mask, trained as a metric's
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "max_length", "eval_batch_size", "score_batches", "score_batch_size"):

@@ -55,7 +55,7 @@ class RunSetup:
     @property
     def target_count(self) -> int:
         """The trainable count the mask specification asks for (LoRA ranks are matched to it)."""
-        return self.config.mask.count(self.total)
+        return self.config.mask.count(self.total, {n: p.shape for n, p in self.params.items()})
 
 
 class TrainingMethod:

