@@ -150,9 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Fine-tune with each metric's mask (sparse FT: only the selected weights, plus the task head) and with "
         "the baselines, then report accuracy, peak memory, FLOPs and time per run in downstream.csv.")
     train.add_argument("--train", action="store_true", help="add the downstream runs")
-    train.add_argument("--baselines", type=_listed(str.lower, "method names"), default=["full", "lora", "pissa"], metavar="LIST",
-                       help="comma-separated from full, lora, pissa, or 'none' (default: full,lora,pissa); LoRA and "
-                            "PiSSA get the rank whose trainable count is closest to the sparse k")
+    train.add_argument("--baselines", type=_listed(str.lower, "method names"), default=["full", "lora", "pissa"],
+                       metavar="LIST", help=f"comma-separated from {', '.join(sb.list_baselines())}, or 'none' "
+                       "(default: full,lora,pissa); LoRA, PiSSA and SHiRA get the rank whose trainable count is closest "
+                       "to the sparse k, Super-Tuning the same density per layer")
     train.add_argument("--steps", type=_positive_int, default=300, help="training steps per run (default: %(default)s)")
     train.add_argument("--lr", type=_positive_float, default=5e-4,
                        help="learning rate of sparse FT, LoRA and PiSSA (default: %(default)s)")

@@ -261,3 +261,6 @@ def test_every_method_runs_through_the_one_loop_and_a_new_method_is_one_class(mo
     assert rows["head_only"]["trainable_params"] == 0 and rows["head_only"]["metric"] == ""
     assert rows["sparse"]["metric"] == "grad" and rows["sparse"]["mask_schedule"] == "static"
     assert rows["lora"]["lora_rank"] >= 1 and rows["full"]["density"] == 1.0
+    # peft's sparse methods at the same budget: SHiRA exactly LoRA's count, Super-Tuning the mask's density per layer.
+    assert rows["shira"]["trainable_params"] == rows["lora"]["trainable_params"]
+    assert abs(rows["supertuning"]["trainable_params"] - rows["sparse"]["trainable_params"]) <= 0.01 * rows["sparse"]["trainable_params"] + 12
