@@ -131,7 +131,7 @@ def doubled_ranks(values: torch.Tensor) -> torch.Tensor:
     dtype = torch.int32 if 2 * n + 1 < 2**31 else torch.int64
     ranks = torch.empty(n, dtype=dtype, device=values.device)
     if n <= SORTED_RANKS_MAX:
-        _rank_sorted(values, ranks, torch.arange(n, device=values.device), 0)
+        _rank_sorted(values, ranks, None, 0)
         return ranks
     below = 0
     for lo, hi in _value_ranges(values):
@@ -149,14 +149,15 @@ def doubled_ranks(values: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def _rank_sorted(values: torch.Tensor, ranks: torch.Tensor, positions: torch.Tensor, below: int) -> None:
+def _rank_sorted(values: torch.Tensor, ranks: torch.Tensor, positions: torch.Tensor | None, below: int) -> None:
     """Write the doubled ranks of ``values`` (at ``positions`` of ``ranks``), ``below`` entries ranking lower:
     after one sort, each entry's tie group is found by two binary searches (in chunks, no host sync)."""
     sorted_values, order = torch.sort(values)
     for start in range(0, values.numel(), RANK_CHUNK):
         v = sorted_values[start : start + RANK_CHUNK]
         doubled = torch.searchsorted(sorted_values, v) + torch.searchsorted(sorted_values, v, right=True) + (2 * below + 1)
-        ranks[positions[order[start : start + RANK_CHUNK]]] = doubled.to(ranks.dtype)
+        where = order[start : start + RANK_CHUNK]
+        ranks[where if positions is None else positions[where]] = doubled.to(ranks.dtype)
 
 
 def _value_ranges(values: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -180,7 +181,7 @@ def average_ranks(x: torch.Tensor) -> torch.Tensor:
     return doubled_ranks(x.reshape(-1)).to(torch.float64) / 2
 
 
-def rank_correlation(ra: torch.Tensor, rb: torch.Tensor) -> float:
+def rank_correlation(ra: torch.Tensor, rb: torch.Tensor, nan_flags: list[torch.Tensor] = ()) -> float:
     """Pearson correlation of two doubled-rank vectors (see :func:`doubled_ranks`) = Spearman ρ.
 
     The doubled ranks of n entries always average n + 1, so they are centred exactly; the sums run in
@@ -192,8 +193,10 @@ def rank_correlation(ra: torch.Tensor, rb: torch.Tensor) -> float:
         x = ra[start : start + RANK_CHUNK].to(torch.int64).sub_(center).to(torch.float64)
         y = rb[start : start + RANK_CHUNK].to(torch.int64).sub_(center).to(torch.float64)
         totals += torch.stack([(x * y).sum(), (x * x).sum(), (y * y).sum()])
-    sxy, sxx, syy = totals.tolist()
-    if sxx == 0 or syy == 0:
+    # One host read for the sums and for whether any input held NaN (``nan_flags``: 0-dim bools).
+    values = torch.cat([totals, *(f.reshape(1).to(totals) for f in nan_flags)]).tolist()
+    sxy, sxx, syy = values[:3]
+    if any(values[3:]) or sxx == 0 or syy == 0:
         return math.nan
     return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
 
@@ -222,16 +225,23 @@ def ranks_of(values: TensorOrDict) -> torch.Tensor | None:
     return doubled_ranks(flat)  # peak beside the result: these values and 1 byte per entry (large inputs)
 
 
+def _ranks_and_nan(values: TensorOrDict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Doubled ranks and a 0-dim "held a NaN" flag, with no host sync (a lone tensor is ranked in place)."""
+    pair = _Pair(values, values)
+    flat = values.reshape(-1) if isinstance(values, torch.Tensor) else _gather(pair.parts("a"), pair.numel)
+    has_nan = torch.isnan(flat).any() if flat.is_floating_point() else torch.zeros((), dtype=torch.bool, device=flat.device)
+    return doubled_ranks(flat), has_nan
+
+
 def spearman(a: TensorOrDict, b: TensorOrDict) -> float:
     """Spearman ρ over all entries (tie-averaged ranks), equal to scipy.stats.spearmanr (NaN in → NaN out).
 
-    Extra memory about 20 bytes per entry (the sort of one input beside the other's int32 ranks)."""
+    Extra memory about 20 bytes per entry (the sort of one input beside the other's int32 ranks); one host
+    read in all."""
     _Pair(a, b)  # same tensors and shapes
-    ra = ranks_of(a)
-    if ra is None:
-        return math.nan
-    rb = ranks_of(b)
-    return math.nan if rb is None else rank_correlation(ra, rb)
+    ra, nan_a = _ranks_and_nan(a)
+    rb, nan_b = _ranks_and_nan(b)
+    return rank_correlation(ra, rb, [nan_a, nan_b])
 
 
 def spearman_standard_error(rho: float, sample: int, population: int) -> float:
