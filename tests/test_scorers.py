@@ -161,26 +161,19 @@ def test_bad_inputs(model, batches):
 def test_an_accumulator_can_run_after_another(fresh_registry, model, batches):
     """A second pass that needs ḡ first: the centred second moment (1/B) Σ_b (g_b − ḡ)²."""
 
+    # The per-batch mean of a function of the gradient, as the built-in ḡ and mean |g_b| accumulators.
+    from salience_bench.accumulators.gradient_means import _BatchGradientMean
+
     @sb.register_accumulator
-    class CentredSquares(sb.Accumulator):
+    class CentredSquares(_BatchGradientMean):
         name = "centred_sq"
         after = ("mean_grad",)
-
-        def __init__(self, model, params):
-            super().__init__(model, params)
-            self.sums = {n: self.zeros(p.shape) for n, p in self.params.items()}
 
         def begin(self, earlier):
             self.mean = earlier["mean_grad"]
 
         def add_gradient(self, name, grad):
             self.sums[name].add_((grad - self.mean[name]).square())
-
-        def to_all_reduce(self):
-            return list(self.sums.values())
-
-        def finalize(self, num_batches):
-            return {n: s / num_batches for n, s in self.sums.items()}
 
     @sb.register("grad_variance", needs={"centred_sq"})
     def grad_variance(t):

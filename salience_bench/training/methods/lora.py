@@ -22,6 +22,25 @@ def matched_lora_rank(k: int, params: Mapping[str, nn.Parameter]) -> int:
     return max(1, round(k / lora_parameters_per_rank(params)))
 
 
+def peft_targets(model: nn.Module, params: Mapping[str, nn.Parameter],
+                 head_patterns: Sequence[str] = HEAD_PATTERNS) -> tuple[list[str], list[str] | None]:
+    """(the modules owning ``params``, the head modules peft trains densely as ``modules_to_save``)."""
+    heads = sorted({n.rsplit(".", 1)[0] for n in head_parameters(model, head_patterns)})
+    return sorted({name.rsplit(".", 1)[0] for name in params}), heads or None
+
+
+def with_peft(model: nn.Module, config, method: str) -> nn.Module:
+    """``get_peft_model(model, config)``; a clear error when peft lacks what ``method`` needs."""
+    try:
+        from peft import get_peft_model
+    except ImportError as err:
+        raise SalienceBenchError(f"the {method} baseline needs peft: pip install -U peft") from err
+    with warnings.catch_warnings():
+        # peft calls a transformers method that transformers 5 deprecates; not ours to fix.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
+
+
 def wrap_lora(
     model: nn.Module,
     params: Mapping[str, nn.Parameter],
@@ -34,32 +53,22 @@ def wrap_lora(
     """A peft LoRA (or PiSSA, with ``init="pissa_niter_4"``) model on the modules owning ``params``;
     the head is trained densely (peft ``modules_to_save``)."""
     try:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
     except ImportError as err:
         raise SalienceBenchError("the LoRA and PiSSA baselines need peft: pip install peft") from err
-    targets = sorted({name.rsplit(".", 1)[0] for name in params})
+    targets, heads = peft_targets(model, params, head_patterns)
     # Conv1D (GPT-2 family) stores its weight in × out: peft must be told.
     transposed = any(weight_is_transposed(model.get_submodule(target)) for target in targets)
-    head_modules = sorted({n.rsplit(".", 1)[0] for n in head_parameters(model, head_patterns)})
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha if alpha is not None else 2 * rank,
-        lora_dropout=0.0,
-        target_modules=targets,
-        modules_to_save=head_modules or None,
-        init_lora_weights=init,
-        fan_in_fan_out=transposed,
-    )
-    with warnings.catch_warnings():
-        # peft calls a transformers method that transformers 5 deprecates; not ours to fix.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, config)
+    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else 2 * rank, lora_dropout=0.0,
+                        target_modules=targets, modules_to_save=heads, init_lora_weights=init, fan_in_fan_out=transposed)
+    return with_peft(model, config, "LoRA")
 
 
 @register_method
 class LoRA(TrainingMethod):
     name = "lora"
     init: str | bool = True  # peft's init_lora_weights
+    adapter_prefix = "lora_"  # names of the method's own trainable parameters
 
     def prepare(self) -> nn.Module:
         self.rank = matched_lora_rank(self.setup.target_count, self.setup.params)
@@ -68,7 +77,7 @@ class LoRA(TrainingMethod):
         return self.model
 
     def trainable_count(self) -> int:
-        return sum(p.numel() for n, p in self.model.named_parameters() if p.requires_grad and "lora_" in n)
+        return sum(p.numel() for n, p in self.model.named_parameters() if p.requires_grad and self.adapter_prefix in n)
 
     def record(self) -> dict:
         return {**super().record(), "lora_rank": self.rank}

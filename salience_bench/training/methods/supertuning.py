@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
 from torch import nn
 
 from ...errors import SalienceBenchError
 from .base import TrainingMethod, freeze_all_but, head_parameters, register_method
+from .lora import peft_targets, with_peft
 
 
 @register_method
@@ -16,17 +15,14 @@ class SuperTuning(TrainingMethod):
 
     def prepare(self) -> nn.Module:
         try:
-            from peft import SupertuningConfig, get_peft_model
+            from peft import SupertuningConfig
         except ImportError as err:
             raise SalienceBenchError("the Super-Tuning baseline needs a peft with SupertuningConfig: pip install -U peft") from err
         density = self.setup.target_count / self.setup.total
         freeze_all_but(self.setup.model, {})
-        heads = sorted({n.rsplit(".", 1)[0] for n in head_parameters(self.setup.model)}) or None
-        config = SupertuningConfig(target_modules=sorted({n.rsplit(".", 1)[0] for n in self.setup.params}),
-                                   modules_to_save=heads, sparsity=1.0 - density, select_top=True)
-        with warnings.catch_warnings():  # peft calls a transformers method that transformers 5 deprecates
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            self.model = get_peft_model(self.setup.model, config)
+        targets, heads = peft_targets(self.setup.model, self.setup.params)
+        self.model = with_peft(self.setup.model, SupertuningConfig(target_modules=targets, modules_to_save=heads,
+                                                                   sparsity=1.0 - density, select_top=True), "Super-Tuning")
         return self.model
 
     def trainable_count(self) -> int:
