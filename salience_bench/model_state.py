@@ -1,10 +1,14 @@
-"""Run a model for scoring without leaving a trace on it."""
+"""Run a model for scoring without leaving a trace on it, on batches checked first."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
+import torch
 from torch import nn
+
+from .data import batch_examples
+from .errors import SalienceBenchError
 
 
 class ScoringMode:
@@ -30,3 +34,33 @@ class ScoringMode:
             p.requires_grad_(self.requires_grad[id(p)])
             p.grad = self.grads[id(p)]
         return False
+
+
+def check_batch(model: nn.Module, batch: Any, index: int) -> None:
+    """A clear error for a batch the model cannot take: not a dict, no examples, labels out of range."""
+    if not isinstance(batch, Mapping):
+        raise SalienceBenchError(f"scoring batch {index} is a {type(batch).__name__}; batches must be dicts "
+                                 "accepted by model(**batch), e.g. from salience_bench.make_batches")
+    if batch_examples(batch) == 0:
+        raise SalienceBenchError(f"scoring batch {index} holds no examples")
+    labels = batch.get("labels")
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    # One integer label per example (token labels of a language model are 2-D): class indices.
+    if isinstance(labels, torch.Tensor) and labels.dim() == 1 and not labels.is_floating_point() and num_labels:
+        low, high = (int(v) for v in torch.stack([labels.min(), labels.max()]).tolist())
+        if low < 0 or high >= num_labels:
+            bad = low if low < 0 else high
+            raise SalienceBenchError(f"scoring batch {index} has label {bad}, but the model has {num_labels} classes "
+                                     f"(valid labels: 0 … {num_labels - 1})")
+
+
+def batch_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], index: int) -> torch.Tensor:
+    loss = getattr(model(**batch), "loss", None)
+    if loss is None:
+        raise SalienceBenchError(
+            "the model returned no .loss; scoring batches must include labels "
+            "(the Hugging Face convention: model(**batch).loss)"
+        )
+    if not torch.isfinite(loss):
+        raise SalienceBenchError(f"the loss of scoring batch {index} is {loss.item()}")
+    return loss

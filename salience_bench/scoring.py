@@ -19,9 +19,8 @@ from tqdm.auto import tqdm
 from . import distributed
 from .accumulators import Accumulator, get_accumulator, with_dependencies
 from .errors import SalienceBenchError
-from .model_state import ScoringMode
+from .model_state import ScoringMode, batch_loss, check_batch
 from .models import eligible_parameters
-from .data import batch_examples
 from .runtime import to_device
 from .scorers import ModelContext, TensorStats, get_scorer, resolve_metrics, resolve_options
 
@@ -75,36 +74,6 @@ class MetricScores(Mapping[str, torch.Tensor]):
         return self.params[name].shape
 
 
-def _check_batch(model: nn.Module, batch: Any, index: int) -> None:
-    """A clear error for a batch the model cannot take: not a dict, no examples, labels out of range."""
-    if not isinstance(batch, Mapping):
-        raise SalienceBenchError(f"scoring batch {index} is a {type(batch).__name__}; batches must be dicts "
-                                 "accepted by model(**batch), e.g. from salience_bench.make_batches")
-    if batch_examples(batch) == 0:
-        raise SalienceBenchError(f"scoring batch {index} holds no examples")
-    labels = batch.get("labels")
-    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
-    # One integer label per example (token labels of a language model are 2-D): class indices.
-    if isinstance(labels, torch.Tensor) and labels.dim() == 1 and not labels.is_floating_point() and num_labels:
-        low, high = (int(v) for v in torch.stack([labels.min(), labels.max()]).tolist())
-        if low < 0 or high >= num_labels:
-            bad = low if low < 0 else high
-            raise SalienceBenchError(f"scoring batch {index} has label {bad}, but the model has {num_labels} classes "
-                                     f"(valid labels: 0 … {num_labels - 1})")
-
-
-def _loss(model: nn.Module, batch: Mapping[str, torch.Tensor], index: int) -> torch.Tensor:
-    loss = getattr(model(**batch), "loss", None)
-    if loss is None:
-        raise SalienceBenchError(
-            "the model returned no .loss; scoring batches must include labels "
-            "(the Hugging Face convention: model(**batch).loss)"
-        )
-    if not torch.isfinite(loss):
-        raise SalienceBenchError(f"the loss of scoring batch {index} is {loss.item()}")
-    return loss
-
-
 def _gradient_hooks(params: Mapping[str, nn.Parameter], accumulators: Sequence[Accumulator]):
     """Post-accumulate-grad hooks: each gradient goes to the accumulators as float32, then is freed."""
     stack = ExitStack()
@@ -138,11 +107,11 @@ def _run_pass(
             stack.enter_context(_gradient_hooks(params, [a for a in accumulators if a.needs_backward]))
         with torch.set_grad_enabled(backward):
             for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-                _check_batch(model, batch, num_batches)
+                check_batch(model, batch, num_batches)
                 batch = to_device(batch, device)
                 for acc in accumulators:
                     acc.start_batch(batch)
-                loss = _loss(model, batch, num_batches)
+                loss = batch_loss(model, batch, num_batches)
                 if backward:
                     loss.backward()
                 num_batches += 1
@@ -220,6 +189,8 @@ def score(
         raise SalienceBenchError(f"metrics {data_users} need scoring batches")
     if any(s.whole_model and s.needs_data for s in scorers) and batches is not None:
         batches = list(batches)  # more than one pass will walk them
+        for index, batch in enumerate(batches):  # model scorers run the model themselves: the same checks first
+            check_batch(model, batch, index)
     accumulated: dict[str, dict[str, torch.Tensor]] = {}
     num_batches = 0
     if needs:

@@ -152,8 +152,11 @@ def test_bad_inputs(model, batches):
     with pytest.raises(sb.SalienceBenchError, match="need scoring batches"):
         sb.score(model, None, ["grad"])
     unlabeled = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
-    with pytest.raises(sb.SalienceBenchError, match="no .loss"):
-        sb.score(model, unlabeled, ["grad"])
+    for metric in ("grad", "grasp"):  # the accumulation pass and a model scorer's own passes alike
+        with pytest.raises(sb.SalienceBenchError, match="no .loss"):
+            sb.score(model, unlabeled, [metric])
+    with pytest.raises(sb.SalienceBenchError, match="scoring batch 0 is a Tensor"):
+        sb.score(model, [batches[0]["input_ids"]], ["jacob_cov"])
     with pytest.raises(sb.SalienceBenchError, match="not one"):
         sb.score(model, batches, ["fisher"], include=["*LayerNorm.weight"])
 

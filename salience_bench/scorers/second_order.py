@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import distributed
-from ..model_state import ScoringMode
+from ..model_state import ScoringMode, batch_loss
 from ..models import is_linear
 from ..runtime import to_device
 from .registry import ModelContext, register_model_scorer
@@ -20,10 +20,6 @@ def network_weights(model: torch.nn.Module, scored) -> dict[str, torch.nn.Parame
     """Every linear-layer weight of the model, plus any scored tensor that is not one, in model order."""
     owned = {id(m.weight) for m in model.modules() if is_linear(m)} | {id(p) for p in scored.values()}
     return {n: p for n, p in model.named_parameters() if id(p) in owned}
-
-
-def _batch_loss(model: torch.nn.Module, batch, device) -> torch.Tensor:
-    return model(**to_device(batch, device)).loss
 
 
 @register_model_scorer("grasp", needs_data=True, source="Wang et al. 2020 (GraSP); zero-cost-nas grasp.py")
@@ -38,16 +34,18 @@ def grasp(ctx: ModelContext) -> dict[str, torch.Tensor]:
     hg = {n: torch.zeros(p.shape, dtype=torch.float32, device=device) for n, p in weights.items()}
     # Fused attention kernels have no double backward; the math kernel is plain differentiable ops.
     with ScoringMode(model, weights), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-        for batch in ctx.batches:
-            for n, g in zip(names, torch.autograd.grad(_batch_loss(model, batch, device), tensors, allow_unused=True)):
+        for i, batch in enumerate(ctx.batches):
+            loss = batch_loss(model, to_device(batch, device), i)
+            for n, g in zip(names, torch.autograd.grad(loss, tensors, allow_unused=True)):
                 if g is not None:
                     gbar[n].add_(g.float())
         distributed.all_reduce_sum_(gbar.values())
         count = distributed.all_reduce_count(len(ctx.batches), device)
         for g in gbar.values():
             g.div_(count)
-        for batch in ctx.batches:
-            grads = torch.autograd.grad(_batch_loss(model, batch, device), tensors, create_graph=True, allow_unused=True)
+        for i, batch in enumerate(ctx.batches):
+            loss = batch_loss(model, to_device(batch, device), i)
+            grads = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)
             inner = sum((g.float() * gbar[n]).sum() for n, g in zip(names, grads) if g is not None)
             for n, hv in zip(names, torch.autograd.grad(inner, tensors, allow_unused=True)):
                 if hv is not None:
