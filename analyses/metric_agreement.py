@@ -51,15 +51,14 @@ def main(argv=None) -> None:
                                  jaccard=sb.jaccard(ma, mb), chance=sb.chance_jaccard(selected) if selected else float("nan")))
     overlap = pd.DataFrame(rows)
     overlap["times_chance"] = overlap["jaccard"] / overlap["chance"]
-    import torch
 
-    from salience_bench.stats import average_ranks, pearson
+    from salience_bench.stats import ranks_of, spearman_from_ranks
 
     # Spearman = Pearson of tie-averaged ranks: rank each metric once per layer type, not once per pair.
-    ranked = {(m, group): average_ranks(torch.cat([scores[m][n].reshape(-1) for n in members]))
-              for m in metrics for group, members in groups.items()}
+    ranked = {(m, group): ranks_of({n: scores[m][n] for n in members}) for m in metrics for group, members in groups.items()}
     ranks = pd.DataFrame([
-        dict(metric_a=a, metric_b=b, layer_type=group, spearman=pearson(ranked[a, group], ranked[b, group]))
+        dict(metric_a=a, metric_b=b, layer_type=group,
+             spearman=spearman_from_ranks(ranked[a, group], ranked[b, group]))
         for a, b in combinations(metrics, 2) for group in groups
     ])
     from salience_bench.report import io as report_io

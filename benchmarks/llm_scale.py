@@ -19,7 +19,7 @@ import time
 import torch
 
 import salience_bench as sb
-from salience_bench import analysis, stats
+from salience_bench import analysis
 
 SHAPES = {
     "0.95b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,

@@ -91,16 +91,12 @@ def rank_correlation_frame(
         sampled = {m: v if pick is None else v[pick.to(v.device)] for m, v in values.items()}
         del values
         for a, b in pairs:
-            results[a, b, layer] = (_rho(ranks[a], ranks[b]), _tau(sampled[a], sampled[b]), sizes[layer],
+            results[a, b, layer] = (stats.spearman_from_ranks(ranks[a], ranks[b]), _tau(sampled[a], sampled[b]), sizes[layer],
                                     sampled[a].numel(), math.nan)
         del ranks, sampled
     results.update(_global_rows(scores, metrics, pairs, sum(sizes.values()), kendall_max_n, seed, device, max_memory))
     rows = [(a, b, layer, *results[a, b, layer]) for a, b in pairs for layer in (ALL_LAYERS, *layers)]
     return pd.DataFrame(rows, columns=RANK_COLUMNS)
-
-
-def _rho(ra: torch.Tensor | None, rb: torch.Tensor | None) -> float:
-    return math.nan if ra is None or rb is None else stats.rank_correlation(ra, rb)
 
 
 def _tau(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -119,17 +115,17 @@ def _global_rows(scores: Nested, metrics: list[str], pairs: list[tuple[str, str]
     if n * (4 * len(metrics) + 20) <= budget:  # every metric's ranks at once, each computed once
         ranks = {m: stats.ranks_of(scores[m]) for m in metrics}
         for a, b in pairs:
-            out[a, b, ALL_LAYERS] = (_rho(ranks[a], ranks[b]), taus[a, b], n, kendall_n, math.nan)
+            out[a, b, ALL_LAYERS] = (stats.spearman_from_ranks(ranks[a], ranks[b]), taus[a, b], n, kendall_n, math.nan)
     elif n * 28 <= budget:  # two metrics' ranks at a time
         for a, b in pairs:
-            out[a, b, ALL_LAYERS] = (_rho(stats.ranks_of(scores[a]), stats.ranks_of(scores[b])), taus[a, b], n,
+            out[a, b, ALL_LAYERS] = (stats.spearman_from_ranks(stats.ranks_of(scores[a]), stats.ranks_of(scores[b])), taus[a, b], n,
                                      kendall_n, math.nan)
     else:  # exact Spearman does not fit: a seeded uniform sample, with its standard error
         size = max(2, min(n, budget // (4 * len(metrics) + 64)))  # ranks, their sort, and drawing the sample
         positions = stats.sample_indices(n, size, seed + 1, device)
         ranks = {m: stats.ranks_of(stats.values_at(scores[m], positions)) for m in metrics}
         for a, b in pairs:
-            rho = _rho(ranks[a], ranks[b])
+            rho = stats.spearman_from_ranks(ranks[a], ranks[b])
             out[a, b, ALL_LAYERS] = (rho, taus[a, b], size, kendall_n, stats.spearman_standard_error(rho, size, n))
     return out
 

@@ -201,36 +201,24 @@ def rank_correlation(ra: torch.Tensor, rb: torch.Tensor, nan_flags: list[torch.T
     return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
 
 
-def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Pearson correlation in float64 (NaN when either input is constant)."""
-    x = x.reshape(-1).to(torch.float64)
-    y = y.reshape(-1).to(torch.float64)
-    xc, yc = x - x.mean(), y - y.mean()
-    denom = torch.sqrt((xc * xc).sum() * (yc * yc).sum())
-    if denom.item() == 0:
-        return math.nan
-    return float(((xc * yc).sum() / denom).clamp(-1.0, 1.0).item())
-
-
 def _has_nan(parts) -> bool:
     return any(p.is_floating_point() and bool(torch.isnan(p).any()) for p in parts)
 
 
-def ranks_of(values: TensorOrDict) -> torch.Tensor | None:
-    """Doubled ranks over all entries of a tensor or a dict of tensors (model order), or None if any is NaN."""
-    pair = _Pair(values, values)
-    flat = _gather(pair.parts("a"), pair.numel)
-    if flat.is_floating_point() and bool(torch.isnan(flat).any()):
-        return None
-    return doubled_ranks(flat)  # peak beside the result: these values and 1 byte per entry (large inputs)
+def ranks_of(values: TensorOrDict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Doubled ranks over all entries of a tensor or a dict of tensors (model order), and a 0-dim "held a
+    NaN" flag for :func:`rank_correlation` — no host sync; a lone tensor is ranked without a copy.
 
-
-def _ranks_and_nan(values: TensorOrDict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Doubled ranks and a 0-dim "held a NaN" flag, with no host sync (a lone tensor is ranked in place)."""
+    Peak beside the result: the values (a dict's, gathered) and, for large inputs, 1 byte per entry."""
     pair = _Pair(values, values)
     flat = values.reshape(-1) if isinstance(values, torch.Tensor) else _gather(pair.parts("a"), pair.numel)
     has_nan = torch.isnan(flat).any() if flat.is_floating_point() else torch.zeros((), dtype=torch.bool, device=flat.device)
     return doubled_ranks(flat), has_nan
+
+
+def spearman_from_ranks(ra: tuple[torch.Tensor, torch.Tensor], rb: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Spearman ρ from two :func:`ranks_of` results (NaN where either input held a NaN)."""
+    return rank_correlation(ra[0], rb[0], [ra[1], rb[1]])
 
 
 def spearman(a: TensorOrDict, b: TensorOrDict) -> float:
@@ -239,9 +227,7 @@ def spearman(a: TensorOrDict, b: TensorOrDict) -> float:
     Extra memory about 20 bytes per entry (the sort of one input beside the other's int32 ranks); one host
     read in all."""
     _Pair(a, b)  # same tensors and shapes
-    ra, nan_a = _ranks_and_nan(a)
-    rb, nan_b = _ranks_and_nan(b)
-    return rank_correlation(ra, rb, [nan_a, nan_b])
+    return spearman_from_ranks(ranks_of(a), ranks_of(b))
 
 
 def spearman_standard_error(rho: float, sample: int, population: int) -> float:
