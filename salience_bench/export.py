@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import warnings
 from importlib import metadata as importlib_metadata
@@ -46,8 +45,7 @@ def save_masks(path: str | os.PathLike, masks: Mapping[str, torch.Tensor], metad
     masks = masks if isinstance(masks, MaskSet) else MaskSet.from_bool(masks)
     tensors, names = {}, list(masks)
     for i, name in enumerate(names):
-        index = masks.indices(name).cpu()
-        tensors[f"{i}.indices"] = index.to(torch.int32 if math.prod(masks.shape_of(name)) < 2**31 else torch.int64)
+        tensors[f"{i}.indices"] = masks.indices(name).cpu()  # int32, or int64 for tensors of 2^31 entries or more
         tensors[f"{i}.shape"] = torch.tensor(list(masks.shape_of(name)), dtype=torch.int64)
     header = {"format": FORMAT, "names": names, "metadata": dict(metadata or {}),
               "salience_bench": _version()}

@@ -166,10 +166,14 @@ class MaskSet(Mapping[str, torch.Tensor]):
         return sum(i.numel() * i.element_size() for i in self._indices.values())
 
 
+def _compact(index: torch.Tensor, numel: int) -> torch.Tensor:
+    """Flat positions as int32 where the tensor allows (fewer than 2^31 entries), else int64."""
+    return index.to(torch.int32) if numel < 2**31 else index
+
+
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     flat = mask.reshape(-1)
-    index = flat.nonzero().squeeze(1)
-    return index.to(torch.int32) if flat.numel() < 2**31 else index
+    return _compact(flat.nonzero().squeeze(1), flat.numel())
 
 
 def top_k_mask(scores: Mapping[str, torch.Tensor], k: int) -> MaskSet:
@@ -197,8 +201,8 @@ def top_k_mask(scores: Mapping[str, torch.Tensor], k: int) -> MaskSet:
         if take:
             ties = keys == threshold
             mask |= ties & (ties.cumsum(0) <= take) if take < equal else ties
-        index = torch.nonzero_static(mask, size=above + take).squeeze(1)
-        indices[name], shapes[name] = index.to(torch.int32) if keys.numel() < 2**31 else index, s.shape
+        indices[name] = _compact(torch.nonzero_static(mask, size=above + take).squeeze(1), keys.numel())
+        shapes[name] = s.shape
     return MaskSet(indices, shapes)
 
 
@@ -349,8 +353,7 @@ class MaskSpec:
             return MaskSet({name: _positions(expand_tiles(tile_masks[name], block, _as_2d_shape(shapes[name])))
                             for name in scores}, shapes)
         if self.scope == "lora":
-            return MaskSet({name: top_k_mask({name: s}, self.lora_count(s.shape)).indices(name)
-                            for name, s in scores.items()}, shapes)
+            return _top_k_per_tensor(scores, {name: self.lora_count(shape) for name, shape in shapes.items()})
         return _unstructured(scores, self.density, self.k, self.scope)
 
     def describe(self, realised_density: float | None = None) -> str:
@@ -399,11 +402,17 @@ def _unstructured(scores: Mapping[str, torch.Tensor], density: float | None, k: 
         return top_k_mask(scores, k)
     if scope == "global":  # MaskSpec.check_shapes ensured a count ≥ 1
         return top_k_mask(scores, selection_count(sum(_numel(scores, n) for n in scores), density))
+    return _top_k_per_tensor(scores, {n: selection_count(_numel(scores, n), density) for n in scores})
+
+
+def _top_k_per_tensor(scores: Mapping[str, torch.Tensor], counts: Mapping[str, int]) -> MaskSet:
+    """Each tensor's own ``counts[name]`` largest scores (scope "layer" and "lora"); a count of 0 selects none."""
     indices, shapes = {}, {}
     for name, s in scores.items():
-        count = selection_count(s.numel(), density)
-        one = top_k_mask({name: s}, count) if count else MaskSet.from_bool({name: torch.zeros(s.shape, dtype=torch.bool, device=s.device)})
-        indices[name], shapes[name] = one.indices(name), s.shape
+        count = counts[name]
+        indices[name] = (top_k_mask({name: s}, count).indices(name) if count
+                         else _compact(torch.empty(0, dtype=torch.int64, device=s.device), s.numel()))
+        shapes[name] = s.shape
     return MaskSet(indices, shapes)
 
 
@@ -413,9 +422,7 @@ def _as_2d(s: torch.Tensor) -> torch.Tensor:
 
 def _as_2d_shape(shape: Sequence[int]) -> tuple[int, int]:
     """(rows, columns) of a tensor of ``shape`` as :func:`_as_2d` views it."""
-    numel = 1
-    for side in shape:
-        numel *= side
+    numel = math.prod(shape)
     if len(shape) < 2:
         return 1, numel
     return shape[0], numel // shape[0] if shape[0] else 0
