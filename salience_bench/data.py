@@ -320,6 +320,15 @@ def batch_examples(batch: Mapping[str, Any]) -> int:
     raise SalienceBenchError("a scoring batch holds no tensors; batches must be dicts accepted by model(**batch)")
 
 
+def loss_units(batch: Mapping[str, Any]) -> torch.Tensor | None:
+    """Target tokens per example of a causal-LM batch (labels ≠ -100 after the one-token shift the model
+    applies), or None for one label per example."""
+    labels = batch.get("labels")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
+        return None
+    return (labels[:, 1:] != IGNORE_INDEX).sum(1)
+
+
 def training_stream(
     data: Dataset, tokenizer, *, batch_size: int, max_length: int, seed: int, group_by_length: bool = True,
     chat_template: bool = True,

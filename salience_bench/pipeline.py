@@ -311,7 +311,8 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, progress: bool
     metrics = list(scores)
     from .export import check_masks, load_masks, weights_fingerprint
 
-    fingerprint = weights_fingerprint(params)
+    # Hashing every eligible weight costs a pass over the model (gigabytes for an LLM): only for mask files.
+    fingerprint = weights_fingerprint(params) if config.save_masks or config.load_masks else ""
     loaded = {}
     for path in config.load_masks:
         masks, metadata = load_masks(path)
@@ -330,8 +331,7 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, progress: bool
     result.masks = {**{m: config.mask.apply(s) for m, s in result.scores.items()}, **loaded}
     result.metrics = list(result.masks)  # loaded masks join the overlap and allocation tables
     if result.masks:
-        selected = sum(int(x.sum()) for x in next(iter(result.masks.values())).values())
-        result.realised_density = selected / eligible
+        result.realised_density = next(iter(result.masks.values())).count() / eligible
     if tables and len(result.masks) > 1:
         result.overlap = analysis.overlap_frame(result.masks)
     if tables and len(metrics) > 1:
@@ -512,8 +512,6 @@ def run_and_write(config: CompareConfig, out: str | Path | None = None, *, overw
         if distributed.is_main():
             write_comparison(result, folder.work, figures=figures, downstream=downstream, command=command)
             folder.finish()
-            if config.export_peft:
-                export_adapters(result, config.export_peft, log=log)
     except OSError as err:
         folder.abandon()
         raise SalienceBenchError(f"writing the results into {str(folder.work)!r} failed: {err.strerror or err}; "
@@ -521,6 +519,8 @@ def run_and_write(config: CompareConfig, out: str | Path | None = None, *, overw
     except BaseException:
         folder.abandon()  # keeps finished downstream runs, so the same call resumes
         raise
+    if config.export_peft and distributed.is_main():  # after the finished run is in place: outside its folder
+        export_adapters(result, config.export_peft, log=log)
     return Run(result, downstream, folder.path)
 
 

@@ -20,19 +20,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import SalienceBenchError
-from ..data import batch_examples
+from ..data import batch_examples, loss_units
 from ..models import weight_is_transposed
 from .base import register_accumulator
 from .linear_hooks import LinearHookAccumulator
-
-
-def loss_units(batch) -> torch.Tensor | None:
-    """Target tokens per example of a causal-LM batch (labels ≠ -100 after the one-token shift), or None
-    for one label per example."""
-    labels = batch.get("labels")
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
-        return None
-    return (labels[:, 1:] != -100).sum(1)
 
 
 @register_accumulator

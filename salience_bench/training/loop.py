@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..data import IGNORE_INDEX, Dataset, PromptDataset, encode_prompts, final_number, make_batches, training_stream
+from ..data import Dataset, PromptDataset, encode_prompts, final_number, loss_units, make_batches, training_stream
 from ..errors import SalienceBenchError
 from ..masks import MaskSpec
 from ..models import eligible_parameters
@@ -115,12 +115,12 @@ def evaluate(model: nn.Module, batches: Sequence[dict], device: torch.device) ->
     for batch in batches:
         batch = to_device(batch, device)
         out = model(**batch)
-        labels = batch["labels"]
-        if labels.dim() == 2:  # the model's loss is the mean over target tokens (shifted by one)
-            n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        units = loss_units(batch)  # a causal LM's loss is the mean over its target tokens
+        if units is not None:
+            n = int(units.sum())
         else:
-            n = labels.shape[0]
-            correct += int((out.logits.argmax(-1) == labels).sum())
+            n = batch["labels"].shape[0]
+            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
         loss_sum += float(out.loss) * n
         total += n
     model.train(was_training)
