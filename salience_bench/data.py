@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Union
 
 import torch
 
-from .errors import SalienceBenchError
+from .errors import SalienceBenchError, is_int
 
 IGNORE_INDEX = -100  # the Hugging Face label for tokens without a loss
 
@@ -281,9 +281,9 @@ def make_batches(
     seed always scores on the same sentences. ``sort_by_length`` orders the chosen examples
     by length first (less padding; for evaluation, where order does not matter).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise SalienceBenchError(f"batch size must be an integer ≥ 1, got {batch_size!r}")
-    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1):
+    if num_batches is not None and (not is_int(num_batches) or num_batches < 1):
         raise SalienceBenchError(f"number of batches must be an integer ≥ 1, got {num_batches!r}")
     if num_batches is not None and num_batches * batch_size > len(data):
         raise SalienceBenchError(
@@ -306,7 +306,7 @@ def make_batches(
 def check_max_length(tokenizer, max_length: int) -> None:
     """Refuse a ``max_length`` that leaves no token for the text once the special tokens are added."""
     special = tokenizer.num_special_tokens_to_add(pair=False) if hasattr(tokenizer, "num_special_tokens_to_add") else 0
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < special + 1:
+    if not is_int(max_length) or max_length < special + 1:
         raise SalienceBenchError(
             f"max length {max_length!r} leaves no room for text: the tokenizer adds {special} special token(s) "
             f"per example; use at least {special + 1}")

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .errors import SalienceBenchError
+from .errors import SalienceBenchError, is_int, is_number
 from .tiles import block_sums, expand_tiles
 
 Mask = Mapping[str, torch.Tensor]
@@ -206,10 +206,6 @@ def top_k_mask(scores: Mapping[str, torch.Tensor], k: int) -> MaskSet:
     return MaskSet(indices, shapes)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
 class MaskSpec:
     """How scores become a mask: size (``density`` or ``k``), ``scope``, ``structure`` and its settings.
@@ -232,7 +228,7 @@ class MaskSpec:
         if self.scope not in SCOPES:
             raise SalienceBenchError(f"unknown scope {self.scope!r}; valid: {', '.join(SCOPES)}")
         if self.scope == "lora":
-            if not _is_int(self.rank) or self.rank < 1:
+            if not is_int(self.rank) or self.rank < 1:
                 raise SalienceBenchError(f"scope 'lora' needs rank (--rank) as an integer ≥ 1, got {self.rank!r}")
             if self.density is not None or self.k is not None or self.structure != "unstructured":
                 raise SalienceBenchError("scope 'lora' sizes each tensor by its rank: give neither density nor k, "
@@ -242,10 +238,10 @@ class MaskSpec:
             raise SalienceBenchError(f"rank={self.rank} applies to scope 'lora' only (got scope {self.scope!r})")
         if self.structure not in STRUCTURES:
             raise SalienceBenchError(f"unknown structure {self.structure!r}; valid: {', '.join(STRUCTURES)}")
-        if not _is_int(self.block_size) or self.block_size < 1:
+        if not is_int(self.block_size) or self.block_size < 1:
             raise SalienceBenchError(f"block size {self.block_size!r} must be an integer ≥ 1")
         nm = tuple(self.nm) if isinstance(self.nm, (tuple, list)) else self.nm
-        if not (isinstance(nm, tuple) and len(nm) == 2 and all(_is_int(x) for x in nm) and 0 < nm[0] <= nm[1]):
+        if not (isinstance(nm, tuple) and len(nm) == 2 and all(is_int(x) for x in nm) and 0 < nm[0] <= nm[1]):
             raise SalienceBenchError(f"N:M must be two integers with 0 < N ≤ M, got {self.nm!r}")
         object.__setattr__(self, "nm", nm)
         if self.structure == "nm":
@@ -256,13 +252,13 @@ class MaskSpec:
         if (self.density is None) == (self.k is None):
             raise SalienceBenchError(f"give exactly one of density and k (got density={self.density}, k={self.k})")
         if self.k is not None:
-            if not _is_int(self.k) or self.k < 1:
+            if not is_int(self.k) or self.k < 1:
                 raise SalienceBenchError(f"k={self.k!r} must be an integer between 1 and the number of eligible weights")
             if self.scope != "global":
                 raise SalienceBenchError(f"k={self.k} is a global count; use density with scope={self.scope!r}")
             if self.structure == "row":
                 raise SalienceBenchError("structure 'row' selects a fraction of every row; use density, not k")
-        elif isinstance(self.density, bool) or not isinstance(self.density, (int, float)) or not 0 < self.density <= 1:
+        elif not is_number(self.density) or not 0 < self.density <= 1:
             raise SalienceBenchError(f"density={self.density!r} must be in (0, 1]")
 
     @property

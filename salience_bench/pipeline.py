@@ -26,7 +26,7 @@ import torch
 
 from . import analysis, distributed
 from .data import Dataset, check_dataset_name, dataset_task, load_dataset, load_eval_dataset, make_batches
-from .errors import SalienceBenchError
+from .errors import SalienceBenchError, is_int, is_number
 from .masks import Mask, MaskSpec
 from .models import TASKS, eligible_parameters, infer_task, load_model_and_tokenizer
 from .report import io as report_io
@@ -49,7 +49,7 @@ def _silent(*_: Any) -> None:
 def _positive_ints(owner: object, names: Sequence[str]) -> None:
     for name in names:
         value = getattr(owner, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise SalienceBenchError(f"{name.replace('_', '-')} must be an integer ≥ 1, got {value!r}")
 
 
@@ -75,14 +75,14 @@ class TrainingPlan:
             raise SalienceBenchError(f"baselines {','.join(baselines)}: 'none' (no baseline) cannot be combined with "
                                      f"others; valid: a list from {', '.join(list_baselines())}, or none")
         object.__setattr__(self, "baselines", tuple(b for b in baselines if b != "none"))
-        if isinstance(self.eval_examples, bool) or not isinstance(self.eval_examples, int) or self.eval_examples < 0:
+        if not is_int(self.eval_examples) or self.eval_examples < 0:
             raise SalienceBenchError(f"eval-examples {self.eval_examples!r} must be an integer ≥ 0")
         unknown = [b for b in self.baselines if b not in list_baselines()]
         if unknown:
             raise SalienceBenchError(f"unknown baseline {unknown[0]!r}; valid: {', '.join(list_baselines())}")
         for name in ("lr", "full_lr", "weight_decay"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0 and (value > 0 or name == "weight_decay")):
+            if not (is_number(value) and math.isfinite(value) and value >= 0 and (value > 0 or name == "weight_decay")):
                 raise SalienceBenchError(f"{name.replace('_', '-')} {value!r} must be a finite number "
                                          f"{'≥ 0' if name == 'weight_decay' else '> 0'}")
         if self.seeds is not None:

@@ -15,7 +15,7 @@ from typing import Mapping, Union
 
 import torch
 
-from .errors import SalienceBenchError
+from .errors import SalienceBenchError, is_int
 
 TensorOrDict = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
@@ -328,7 +328,7 @@ def sample_indices(n: int, max_n: int | None, seed: int = 0, device: torch.devic
     Populations up to 2^24 use a CPU ``randperm``; larger ones draw in O(max_n) time and memory on
     ``device``: seeded uniform draws with replacement, duplicates dropped (topped up until there are
     enough), then a uniform ``max_n``-subset of them — every ``max_n``-subset equally likely."""
-    if max_n is not None and (isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 2):
+    if max_n is not None and (not is_int(max_n) or max_n < 2):
         raise SalienceBenchError(f"max_n={max_n!r} must be an integer ≥ 2 (or None for all entries)")
     if max_n is None or n <= max_n:
         return None

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..accumulators import get_accumulator, list_accumulators
-from ..errors import SalienceBenchError
+from ..errors import SalienceBenchError, is_int, is_number
 
 __all__ = [
     "ModelContext", "Option", "Scorer", "TensorStats", "describe_metrics", "get_scorer", "list_metrics", "register",
@@ -43,9 +43,9 @@ class Option:
     minimum: int | float | None = None
 
     def check(self, name: str, value: Any) -> Any:
-        if self.type is int and (isinstance(value, bool) or not isinstance(value, int)):
+        if self.type is int and not is_int(value):
             raise SalienceBenchError(f"scorer option {name}={value!r} must be an integer")
-        if self.type is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if self.type is float and not is_number(value):
             raise SalienceBenchError(f"scorer option {name}={value!r} must be a number")
         if self.type is str and not isinstance(value, str):
             raise SalienceBenchError(f"scorer option {name}={value!r} must be a string")
