@@ -19,7 +19,7 @@ import time
 import torch
 
 import salience_bench as sb
-from salience_bench import analysis
+from salience_bench import analysis, runtime
 
 SHAPES = {
     "0.95b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
@@ -122,7 +122,7 @@ def main(argv=None) -> None:
     record("global 1% masks (3 metrics)", t, p, mask_bytes=sum(m.nbytes() for m in masks.values()))
     _, t, p = measure(lambda: analysis.overlap_frame(masks))
     record("Jaccard, all pairs (global + per layer)", t, p)
-    if 24 * eligible <= 0.8 * analysis.available_memory(torch.device("cuda")):
+    if 24 * eligible <= 0.8 * runtime.available_memory(torch.device("cuda")):
         rho, t, p = measure(lambda: sb.spearman(scores["grad"], scores["snip"]))
         record("Spearman grad/snip, all entries", t, p, bytes_per_entry=p / eligible, rho=rho)
     else:

@@ -32,7 +32,7 @@ from .scorers import (
     resolve_metrics,
     scorer_options,
 )
-from .scoring import Scores, score
+from .scoring import SUM_DTYPES, Scores, score
 from .export import check_masks, load_masks, save_masks, to_peft_shira, weights_fingerprint
 from .stats import chance_jaccard, jaccard, kendall, overlap_coefficient, spearman
 from .training import TrainingMethod, list_baselines, list_methods, register_method
@@ -55,6 +55,7 @@ __all__ = [
     "CompareConfig",
     "Comparison",
     "DTYPES",
+    "SUM_DTYPES",
     "Downstream",
     "MaskSpec",
     "ModelContext",

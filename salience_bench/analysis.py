@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import stats
+from .runtime import available_memory
 
 ALL_LAYERS = "all"
 OVERLAP_COLUMNS = ["metric_a", "metric_b", "layer", "jaccard", "overlap_coefficient"]
@@ -128,18 +129,6 @@ def _global_rows(scores: Nested, metrics: list[str], pairs: list[tuple[str, str]
             rho = stats.spearman_from_ranks(ranks[a], ranks[b])
             out[a, b, ALL_LAYERS] = (rho, taus[a, b], size, kendall_n, stats.spearman_standard_error(rho, size, n))
     return out
-
-
-def available_memory(device: torch.device) -> int:
-    """Free bytes on ``device``: the CUDA allocator's free memory, or the host's available memory."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return 8 << 30
 
 
 def allocation_frame(masks: Nested) -> pd.DataFrame:

@@ -177,7 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     run.add_argument("--dtype", choices=sb.DTYPES, default="float32",
-                     help="model weights' dtype; scores are always accumulated in float32 (default: %(default)s)")
+                     help="model weights' dtype; scores are always float32 (default: %(default)s)")
+    run.add_argument("--sum-dtype", choices=sorted(sb.SUM_DTYPES), default="float64",
+                     help="dtype the scoring sums accumulate in: float64 gives bitwise the same scores and masks on 1 or "
+                          "N processes; float32 halves the accumulators' memory, but the last bits (and near-ties at "
+                          "the mask threshold) then depend on how the batches were split (default: %(default)s)")
     run.add_argument("--kendall-sample", type=_positive_int, default=20_000, metavar="N",
                      help="Kendall τ exact on a seeded subsample of at most N entries per layer, the same for every "
                           "pair (kendall_n in rank_correlation.csv; SE about 0.005 at the default %(default)s)")

@@ -80,12 +80,44 @@ def all_reduce_sum_(tensors: Iterable[torch.Tensor]) -> None:
             offset += t.numel()
 
 
+def shard_rows_range(rows: int, ranks: int | None = None, of_rank: int | None = None) -> tuple[int, int]:
+    """Rows [start, stop) of a tensor with ``rows`` rows that a rank holds under FSDP2's Shard(0) layout
+    (``torch.chunk``: ⌈rows/ranks⌉ per rank, the last ones shorter or empty)."""
+    ranks = world_size() if ranks is None else ranks
+    of_rank = rank() if of_rank is None else of_rank
+    chunk = -(-rows // ranks)
+    return min(of_rank * chunk, rows), min((of_rank + 1) * chunk, rows)
+
+
+def reduce_scatter_rows(full: torch.Tensor) -> torch.Tensor:
+    """This rank's rows (FSDP2's Shard(0) layout) of ``full`` summed over the ranks."""
+    ranks = world_size()
+    rows = full.shape[0]
+    chunk = -(-rows // ranks)
+    padded = full.new_zeros((chunk * ranks, *full.shape[1:]))
+    padded[:rows] = full
+    out = full.new_empty((chunk, *full.shape[1:]))
+    # reduce_scatter_single is the new name (torch ≥ 2.13); the old one still works in older releases.
+    (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(out, padded)
+    start, stop = shard_rows_range(rows)
+    return out[: stop - start]
+
+
 def all_reduce_count(value: float, device: torch.device | str = "cpu") -> float:
     if not active():
         return value
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item())
+
+
+def gather_values(values: Sequence[float]) -> list[float]:
+    """Every rank's ``values``, concatenated in rank order, on every rank."""
+    if not active():
+        return list(values)
+    everyone: list = [None] * world_size()
+    dist.all_gather_object(everyone, list(values))
+    return [v for part in everyone for v in part]
 
 
 def broadcast_object(obj: Any) -> Any:
@@ -106,6 +138,21 @@ def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
     out = tensor.reshape(-1) if is_main() else torch.empty(int(length.item()), dtype=tensor.dtype, device=tensor.device)
     dist.broadcast(out, src=0)
     return out
+
+
+def loss_share(local_units: int) -> float:
+    """world · (this rank's loss units / the global batch's): the factor on a rank's mean loss that makes the
+    ranks' averaged gradient equal the global batch's mean-loss gradient (1 when not distributed)."""
+    if not active():
+        return 1.0
+    total = all_reduce_count(local_units, _collective_device())
+    if total <= 0:
+        return 0.0
+    return world_size() * local_units / total
+
+
+def _collective_device() -> torch.device:
+    return local_device() if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def average_gradients_(params: Iterable[torch.nn.Parameter]) -> None:

@@ -33,7 +33,7 @@ from .report import io as report_io
 from .report.output import OutputFolder
 from .runtime import DEVICE_CHOICES, _DEVICE, quiet_transformers, resolve_device
 from .scorers import get_scorer, resolve_metrics, resolve_options
-from .scoring import Scores, score
+from .scoring import Scores, check_sum_dtype, score
 from .stats import chance_jaccard
 from .training.methods import list_baselines
 from .training.loop import RunInputs, TrainConfig
@@ -118,6 +118,7 @@ class CompareConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
+    sum_dtype: str = "float64"  # accumulators' summation dtype: float64 = the same masks on any number of processes
     score_options: Mapping[str, Any] = field(default_factory=dict)
     kendall_sample: int = 20_000
     max_memory: int | None = None  # bytes for the global rank statistics (default: 80% of the device's free memory)
@@ -154,6 +155,7 @@ class CompareConfig:
             _positive_ints(self, ("max_memory",))
         if self.dtype not in DTYPES:
             raise SalienceBenchError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+        check_sum_dtype(self.sum_dtype)
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
             raise SalienceBenchError(f"unknown device {self.device!r}; valid: {DEVICE_CHOICES}")
         object.__setattr__(self, "score_options", resolve_options(self.score_options))
@@ -306,7 +308,7 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, progress: bool
         + (f", shared by {distributed.world_size()} processes" if distributed.active() else ""))
     t_score = time.perf_counter()
     scores = score(model, distributed.shard(batches) if batches else None, config.metrics, params=params,
-                   seed=config.seed, progress=progress, options=config.score_options)
+                   seed=config.seed, progress=progress, options=config.score_options, sum_dtype=config.sum_dtype)
     scoring_seconds = time.perf_counter() - t_score
     metrics = list(scores)
     from .export import check_masks, load_masks, weights_fingerprint

@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .accumulators import Accumulator, get_accumulator, with_dependencies
+from .accumulators.base import local_tensor
 from .errors import SalienceBenchError
 from .model_state import ScoringMode, batch_loss, check_batch
 from .models import eligible_parameters
-from .runtime import to_device
+from .runtime import available_memory, to_device
 from .scorers import ModelContext, TensorStats, get_scorer, resolve_metrics, resolve_options
 
 
@@ -125,6 +126,7 @@ def accumulate(
     needs: Iterable[str] = ("mean_grad",),
     *,
     progress: bool | str = False,
+    sum_dtype: torch.dtype | str = torch.float64,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
     """Run the model over ``batches`` and return (the requested float32 accumulators, batch count).
 
@@ -132,12 +134,18 @@ def accumulate(
     ``requires_grad`` flags and ``.grad`` fields are restored afterwards. Under torch.distributed
     each rank passes its own share of the batches; sums and counts are all-reduced once per pass,
     so every rank gets the statistics of all batches.
+
+    Per-batch contributions are summed in ``sum_dtype``: float64 (the default) makes the sums exact in
+    practice, so 1 and N processes give bitwise-identical float32 statistics over the same batches;
+    float32 halves the accumulators' memory, and the last bits then depend on the summation order.
     """
     if not params:
         raise SalienceBenchError("no parameters to score: params is empty")
+    sum_dtype = check_sum_dtype(sum_dtype)
     order = with_dependencies(needs)
-    first = [get_accumulator(n)(model, params) for n in order if not get_accumulator(n).after]
-    later = [get_accumulator(n)(model, params) for n in order if get_accumulator(n).after]
+    _check_memory(params, order, sum_dtype)
+    first = [get_accumulator(n).create(model, params, sum_dtype=sum_dtype) for n in order if not get_accumulator(n).after]
+    later = [get_accumulator(n).create(model, params, sum_dtype=sum_dtype) for n in order if get_accumulator(n).after]
     if later:
         batches = list(batches)  # walked once per pass
     desc = progress if isinstance(progress, str) else "scoring"
@@ -158,6 +166,34 @@ def accumulate(
     return {n: results[n] for n in order}, num_batches
 
 
+SUM_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def check_sum_dtype(value: torch.dtype | str) -> torch.dtype:
+    """``float64`` / ``float32`` (a name or the dtype), else a clear error."""
+    dtype = SUM_DTYPES.get(value, value) if isinstance(value, str) else value
+    if dtype not in SUM_DTYPES.values():
+        raise SalienceBenchError(f"sum_dtype {value!r} is not one of {sorted(SUM_DTYPES)}")
+    return dtype
+
+
+def _check_memory(params: Mapping[str, nn.Parameter], needs: Sequence[str], sum_dtype: torch.dtype) -> None:
+    """Refuse before allocating when the parameter-shaped sums cannot fit in the device's free memory."""
+    per_param = [n for n in needs if getattr(get_accumulator(n), "param_shaped", False)]
+    if not per_param:
+        return
+    entries = sum(local_tensor(p).numel() for p in params.values())
+    needed = entries * len(per_param) * sum_dtype.itemsize
+    device = local_tensor(next(iter(params.values()))).device
+    free = available_memory(device)
+    if needed > free:
+        hint = " (--sum-dtype float32 halves it" if sum_dtype == torch.float64 else " ("
+        raise SalienceBenchError(
+            f"the accumulators {per_param} need {needed / 2**30:.1f} GiB for {entries:,} scored entries in "
+            f"{str(sum_dtype).removeprefix('torch.')}, but {device} has {free / 2**30:.1f} GiB free{hint}; "
+            "--shard under torchrun splits them over the GPUs)")
+
+
 def score(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]] | None,
@@ -169,6 +205,7 @@ def score(
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
     progress: bool = False,
+    sum_dtype: torch.dtype | str = torch.float64,
 ) -> Scores:
     """Scores of every requested metric for every eligible tensor.
 
@@ -178,6 +215,7 @@ def score(
     backward per batch); metrics that need no data (magnitude, random, lift, synflow) need no batches.
     ``params`` overrides the include/exclude selection with an explicit name→parameter map;
     ``options`` sets scorer options (see ``scorer_options()``: ``lift_rank``, ``block_size`` …).
+    ``sum_dtype`` is the accumulators' summation dtype (see :func:`accumulate`).
     """
     names = resolve_metrics(metrics)
     scorers = [get_scorer(n) for n in names]
@@ -195,7 +233,8 @@ def score(
     num_batches = 0
     if needs:
         accumulated, num_batches = accumulate(
-            model, batches, params, needs, progress=f"scoring {','.join(names)}" if progress else False
+            model, batches, params, needs, progress=f"scoring {','.join(names)}" if progress else False,
+            sum_dtype=sum_dtype,
         )
     result = Scores()
     for scorer in scorers:

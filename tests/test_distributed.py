@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) give the same masks and training steps as one process (scores: the scorer tester)."""
+"""Two and three CPU processes (gloo) give bitwise the same scores and masks as one process, and the same
+training steps (to rounding)."""
 
 import os
 import shutil
@@ -21,11 +22,14 @@ from .conftest import tiny_args, tiny_batches, tiny_bert
 METRICS = ["grad", "snip", "fisher", "wanda", "spiel_grad", "grasp", "jacob_cov"]
 
 
-def work(batches_for_me, shard_rows):
+SCORING_BATCHES = 6  # split 3+3 over two processes, 2+2+2 over three
+
+
+def work(batches_for_me, shard_rows, sum_dtype="float64"):
     """Scores, masks and the weights after three sparse steps, as this process sees them."""
     torch.set_num_threads(1)
     model = tiny_bert()
-    scores = sb.score(model, batches_for_me, METRICS).materialize()  # before training changes the weights
+    scores = sb.score(model, batches_for_me, METRICS, sum_dtype=sum_dtype).materialize()  # before training changes the weights
     masks = {m: sb.make_mask(s, density=0.1) for m, s in scores.items()}
     head = head_parameters(model)
     freeze_all_but(model, head)
@@ -34,7 +38,8 @@ def work(batches_for_me, shard_rows):
     optimizer = torch.optim.AdamW(params, lr=1e-2)
     model.eval()  # no dropout: both setups compute the same function
     for batch in tiny_batches(seed=9, num_batches=3, batch_size=4):
-        model(**shard_rows(batch)).loss.backward()
+        mine = shard_rows(batch)
+        (model(**mine).loss * distributed.loss_share(len(mine["labels"]))).backward()  # as the training loop does
         distributed.average_gradients_(params)
         optimizer.step()
         optimizer.zero_grad()
@@ -45,32 +50,47 @@ def work(batches_for_me, shard_rows):
     return (dict(scores), scores.network), masks, weights
 
 
-def _worker(rank, world, init_file, out_file):
+def _worker(rank, world, init_file, out_file, sum_dtype="float64"):
     os.environ["OMP_NUM_THREADS"] = "1"
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        result = work(distributed.shard(tiny_batches(num_batches=4)), distributed.shard_rows)
+        result = work(distributed.shard(tiny_batches(num_batches=SCORING_BATCHES)), distributed.shard_rows, sum_dtype)
         if rank == 0:
             torch.save(result, out_file)
     finally:
         dist.destroy_process_group()
 
 
-def test_two_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("world", [2, 3])
+def test_n_processes_equal_one_bit_for_bit(tmp_path, world):
+    """Sums in float64 (the default) make the scores — not just the masks — independent of the split."""
     out_file = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(out_file)), nprocs=world, join=True)
     (scores2, network2), masks2, weights2 = torch.load(out_file)
-    (scores1, network1), masks1, weights1 = work(tiny_batches(num_batches=4), lambda b: b)
-    assert network2["jacob_cov"] == pytest.approx(network1["jacob_cov"], rel=1e-5)
+    (scores1, network1), masks1, weights1 = work(tiny_batches(num_batches=SCORING_BATCHES), lambda b: b)
+    assert network2["jacob_cov"] == network1["jacob_cov"]
     for metric in scores1:
         for name, s in scores1[metric].items():
-            scale = float(s.abs().max())
-            torch.testing.assert_close(scores2[metric][name], s, rtol=1e-5, atol=1e-6 * scale, msg=(metric, name))
+            assert torch.equal(scores2[metric][name], s), (metric, name, (scores2[metric][name] - s).abs().max())
     for metric in masks1:
         for name in masks1[metric]:
             assert torch.equal(masks1[metric][name], masks2[metric][name]), (metric, name)
     for name, w in weights1.items():
         torch.testing.assert_close(weights2[name], w, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_float32_sums_depend_on_the_split(tmp_path):
+    """The control: float32 sums of the same batches in another grouping differ in their last bits, which the
+    bitwise test above would catch if the default were float32."""
+    out_file = tmp_path / "rank0.pt"
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out_file), "float32"), nprocs=2, join=True)
+    (scores2, _), _, _ = torch.load(out_file)
+    (scores1, _), _, _ = work(tiny_batches(num_batches=SCORING_BATCHES), lambda b: b, "float32")
+    differing = sum(int((scores2[m][n] != s).sum()) for m in ("grad", "fisher") for n, s in scores1[m].items())
+    assert differing > 0
+    for m in ("grad", "fisher"):  # but only in rounding
+        for n, s in scores1[m].items():
+            torch.testing.assert_close(scores2[m][n], s, rtol=1e-5, atol=1e-6 * float(s.abs().max()))
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),

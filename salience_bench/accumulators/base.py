@@ -1,16 +1,20 @@
 """The accumulator protocol and its registry.
 
-An accumulator gathers one float32 statistic per scored tensor over the scoring batches (ḡ,
-mean |g_b|, per-example squared gradients, input norms …). The
+An accumulator gathers one statistic per scored tensor over the scoring batches (ḡ,
+mean |g_b|, per-example squared gradients, input norms …). Per-batch contributions are float32; they
+are summed in ``sum_dtype`` (float64 by default: sums of float32 values in float64 are exact unless
+one entry's contributions span more than ~2^29 in magnitude, so the result does not depend on how the
+batches were split over processes) and handed to scorers as float32. The
 scoring pass (:func:`salience_bench.scoring.accumulate`) drives every requested accumulator
 through the same five steps, so adding one is one file with one decorated class:
 
-1. ``__init__(model, params)`` — create its float32 state for the scored parameters;
+1. ``__init__(model, params)`` — create its state for the scored parameters
+   (:meth:`Accumulator.param_sums` makes one sum per parameter, shaped like this process's shard);
 2. ``hooks()`` — a context that installs whatever module hooks it needs for the pass;
 3. ``start_batch(batch)`` and ``add_gradient(name, grad)`` — per batch, and per scored tensor as
    soon as that tensor's gradient of the batch's mean loss is ready (float32; freed right after);
 4. ``to_all_reduce()`` — the tensors to sum over processes under torch.distributed;
-5. ``finalize(num_batches)`` — ``{param_name: statistic}``.
+5. ``finalize(num_batches)`` — ``{param_name: float32 statistic}`` (:meth:`Accumulator.finish` converts sums).
 
 An accumulator that needs another one's finished result (``after``) runs in a second pass over the
 same batches and receives those results in :meth:`Accumulator.begin` (e.g. a centred second moment
@@ -28,6 +32,16 @@ from torch import nn
 from ..registry import Registry
 
 
+def is_sharded(p: torch.Tensor) -> bool:
+    """A parameter FSDP2 has sharded (a DTensor)."""
+    return hasattr(p, "to_local") and hasattr(p, "placements")
+
+
+def local_tensor(p: torch.Tensor) -> torch.Tensor:
+    """This process's part of ``p``: its shard for a DTensor, else ``p`` itself."""
+    return p.to_local() if is_sharded(p) else p
+
+
 class Accumulator:
     """Base class: a statistic gathered over the scoring batches for every scored tensor."""
 
@@ -35,15 +49,44 @@ class Accumulator:
     description: ClassVar[str] = ""
     needs_backward: ClassVar[bool] = True  # False: forward hooks only (no gradients are computed)
     after: ClassVar[tuple[str, ...]] = ()  # accumulators whose finished results this one needs
+    param_shaped: ClassVar[bool] = False  # True: one sum shaped like each parameter (param_sums), sharded with it
+
+    sum_dtype: torch.dtype = torch.float64  # set per pass by create()
+
+    @classmethod
+    def create(cls, model: nn.Module, params: Mapping[str, nn.Parameter], *, sum_dtype: torch.dtype = torch.float64):
+        """An instance whose sums are in ``sum_dtype`` (``__init__`` keeps its two-argument form)."""
+        acc = cls.__new__(cls)
+        acc.sum_dtype = sum_dtype
+        acc.__init__(model, params)
+        return acc
 
     def __init__(self, model: nn.Module, params: Mapping[str, nn.Parameter]):
         self.model = model
         self.params = dict(params)
-        self.device = next(iter(self.params.values())).device
+        self.device = local_tensor(next(iter(self.params.values()))).device
+        # Parameters sharded by FSDP2 (DTensors): param-shaped state holds this process's shard only, and
+        # the gradients that reach add_gradient are already summed over the processes' batches.
+        self.sharded = any(is_sharded(p) for p in self.params.values())
 
     def zeros(self, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
-        """A float32 accumulator of ``shape`` on the parameters' device."""
-        return torch.zeros(shape, dtype=torch.float32, device=self.device)
+        """A sum of ``shape`` in ``sum_dtype`` on the parameters' device."""
+        return torch.zeros(shape, dtype=self.sum_dtype, device=self.device)
+
+    def param_sums(self) -> dict[str, torch.Tensor]:
+        """One zero sum per scored parameter, shaped like this process's part of it (all of it unless sharded)."""
+        return {name: self.zeros(local_tensor(p).shape) for name, p in self.params.items()}
+
+    @staticmethod
+    def finish(sums: dict[str, torch.Tensor], divisor: float = 1.0) -> dict[str, torch.Tensor]:
+        """``sums / divisor`` as float32, converted once per tensor; each sum is released as it is converted
+        (the dict is emptied), so the peak is the sums plus one float32 tensor."""
+        out = {}
+        for name in list(sums):
+            s = sums.pop(name)
+            out[name] = (s.div_(divisor) if divisor != 1 else s).to(torch.float32)
+            del s
+        return out
 
     def hooks(self) -> AbstractContextManager:
         """Installed for the length of the pass (default: none)."""

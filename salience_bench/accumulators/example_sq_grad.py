@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from ..errors import SalienceBenchError
 from ..data import batch_examples, loss_units
 from ..models import weight_is_transposed
@@ -31,10 +32,11 @@ class ExampleSquaredGradients(LinearHookAccumulator):
     name = "example_sq_grad"
     description = "(1/N) Σ_n g_n² over single examples (per-example gradients)"
     purpose = "fisher needs per-example gradients, which are"
+    param_shaped = True
 
     def __init__(self, model, params):
         super().__init__(model, params)
-        self.sums = {name: self.zeros(p.shape) for name, p in self.params.items()}
+        self.sums = self.param_sums()
         self.examples = 0
         self._calls: dict[str, int] = {}
         self._count: torch.Tensor | None = None
@@ -78,9 +80,12 @@ class ExampleSquaredGradients(LinearHookAccumulator):
                     per_example = torch.bmm(gs.transpose(1, 2).to(xs.dtype), xs)
                 squares = per_example.float().square_()
                 if scale is None:  # every example's own loss is the batch mean times B
-                    self.sums[name].add_(squares.sum(0), alpha=float(batch) ** 2)
+                    contribution = squares.sum(0).mul_(float(batch) ** 2)
                 else:
-                    self.sums[name].add_(torch.einsum("b,boi->oi", scale.square(), squares))
+                    contribution = torch.einsum("b,boi->oi", scale.square(), squares)
+                if self.sharded:  # this process keeps its rows of the sum over every process's examples
+                    contribution = distributed.reduce_scatter_rows(contribution)
+                self.sums[name].add_(contribution)
 
             output.register_hook(on_output_grad)
 
@@ -88,8 +93,8 @@ class ExampleSquaredGradients(LinearHookAccumulator):
 
     def to_all_reduce(self) -> list[torch.Tensor]:
         self._count = torch.tensor([float(self.examples)], dtype=torch.float64, device=self.device)
-        return [*self.sums.values(), self._count]
+        return [self._count] if self.sharded else [*self.sums.values(), self._count]
 
     def finalize(self, num_batches: int) -> dict[str, torch.Tensor]:
         examples = int(self._count.item()) if self._count is not None else self.examples
-        return {name: s.div_(max(examples, 1)) for name, s in self.sums.items()}  # in place: no second copy
+        return self.finish(self.sums, max(examples, 1))

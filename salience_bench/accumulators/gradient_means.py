@@ -10,9 +10,11 @@ from .base import Accumulator, register_accumulator
 class _BatchGradientMean(Accumulator):
     """(1/B) Σ_b f(g_b) for every scored tensor, g_b the gradient of batch b's mean loss."""
 
+    param_shaped = True
+
     def __init__(self, model, params):
         super().__init__(model, params)
-        self.sums = {name: self.zeros(p.shape) for name, p in self.params.items()}
+        self.sums = self.param_sums()
 
     @staticmethod
     def transform(grad: torch.Tensor) -> torch.Tensor:
@@ -22,10 +24,11 @@ class _BatchGradientMean(Accumulator):
         self.sums[name].add_(self.transform(grad))
 
     def to_all_reduce(self) -> list[torch.Tensor]:
-        return list(self.sums.values())
+        # Sharded: each gradient shard already holds the sum over every process's batch of the step.
+        return [] if self.sharded else list(self.sums.values())
 
     def finalize(self, num_batches: int) -> dict[str, torch.Tensor]:
-        return {name: s.div_(num_batches) for name, s in self.sums.items()}
+        return self.finish(self.sums, num_batches)
 
 
 @register_accumulator

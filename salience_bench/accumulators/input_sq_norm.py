@@ -43,4 +43,4 @@ class InputSquaredNorms(LinearHookAccumulator):
         return list(self.sums.values())
 
     def finalize(self, num_batches: int) -> dict[str, torch.Tensor]:
-        return self.sums
+        return self.finish(self.sums)

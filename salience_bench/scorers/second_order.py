@@ -30,8 +30,9 @@ def grasp(ctx: ModelContext) -> dict[str, torch.Tensor]:
     model, device = ctx.model, next(iter(ctx.params.values())).device
     weights = network_weights(model, ctx.params)
     names, tensors = list(weights), list(weights.values())
-    gbar = {n: torch.zeros(p.shape, dtype=torch.float32, device=device) for n, p in weights.items()}
-    hg = {n: torch.zeros(p.shape, dtype=torch.float32, device=device) for n, p in weights.items()}
+    # float64 sums: the same result however the batches are split over processes (see scoring.accumulate)
+    gbar = {n: torch.zeros(p.shape, dtype=torch.float64, device=device) for n, p in weights.items()}
+    hg = {n: torch.zeros(p.shape, dtype=torch.float64, device=device) for n, p in weights.items()}
     # Fused attention kernels have no double backward; the math kernel is plain differentiable ops.
     with ScoringMode(model, weights), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
         for i, batch in enumerate(ctx.batches):
@@ -41,8 +42,7 @@ def grasp(ctx: ModelContext) -> dict[str, torch.Tensor]:
                     gbar[n].add_(g.float())
         distributed.all_reduce_sum_(gbar.values())
         count = distributed.all_reduce_count(len(ctx.batches), device)
-        for g in gbar.values():
-            g.div_(count)
+        gbar = {n: g.div_(count).float() for n, g in gbar.items()}
         for i, batch in enumerate(ctx.batches):
             loss = batch_loss(model, to_device(batch, device), i)
             grads = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)
@@ -51,4 +51,4 @@ def grasp(ctx: ModelContext) -> dict[str, torch.Tensor]:
                 if hv is not None:
                     hg[n].add_(hv.float())
     distributed.all_reduce_sum_(hg.values())
-    return {n: -(p.detach().float() * hg[n] / count) for n, p in ctx.params.items()}
+    return {n: -(p.detach().float() * (hg[n] / count).float()) for n, p in ctx.params.items()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -145,5 +147,6 @@ def jacob_cov(ctx: ModelContext) -> float:
             total = _logits(model(inputs_embeds=inputs, **batch)).sum()
             (jac,) = torch.autograd.grad(total, [inputs])
             values.append(jacobian_covariance_score(jac.reshape(jac.shape[0], -1)))
-    # A mean over every rank's batches.
-    return distributed.all_reduce_count(sum(values)) / distributed.all_reduce_count(len(values))
+    # A mean over every rank's batches; math.fsum is exactly rounded, so the split over ranks cannot change it.
+    every = distributed.gather_values(values)
+    return math.fsum(every) / len(every)

@@ -16,7 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..data import Dataset, PromptDataset, encode_prompts, final_number, loss_units, make_batches, training_stream
+from ..data import (Dataset, PromptDataset, batch_examples, encode_prompts, final_number, loss_units, make_batches,
+                    training_stream)
 from ..errors import SalienceBenchError
 from ..masks import MaskSpec
 from ..models import eligible_parameters
@@ -155,6 +156,11 @@ def exact_match(model: nn.Module, tokenizer, data: PromptDataset, *, examples: i
     return hits / max(examples, 1)
 
 
+def _units(batch: dict) -> int:
+    units = loss_units(batch)
+    return int(units.sum()) if units is not None else batch_examples(batch)
+
+
 def run_one(
     method: str,
     metric: str | None,
@@ -200,7 +206,9 @@ def run_one(
 
         def step(batch: dict) -> None:
             loss = model(**batch).loss
-            loss.backward()
+            # Each rank's mean loss weighted by its share of the global batch's loss units (examples, or target
+            # tokens): the averaged gradient is then the global batch's, however unevenly the rows split.
+            (loss * distributed.loss_share(_units(batch))).backward()
             distributed.average_gradients_(opt_params)  # only the trainable state travels: O(k) for sparse
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
