@@ -41,7 +41,7 @@ def build(shape: dict, seq: int, vocab: int = 32000):
         return LlamaForCausalLM(config).to(torch.bfloat16)
 
 
-def token_batches(shape: dict, seq: int, vocab: int = 32000) -> list[dict]:
+def token_batches(shape: dict, seq: int, device: torch.device | str = "cuda", vocab: int = 32000) -> list[dict]:
     """Prompt/completion-like batches: the first quarter of each row is prompt (label -100)."""
     g = torch.Generator().manual_seed(1)
     out = []
@@ -49,7 +49,8 @@ def token_batches(shape: dict, seq: int, vocab: int = 32000) -> list[dict]:
         ids = torch.randint(0, vocab, (shape["batch_size"], seq), generator=g)
         labels = ids.clone()
         labels[:, : seq // 4] = -100
-        out.append({"input_ids": ids.cuda(), "attention_mask": torch.ones_like(ids).cuda(), "labels": labels.cuda()})
+        out.append({"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+                    "labels": labels.to(device)})
     return out
 
 

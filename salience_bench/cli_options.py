@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     run.add_argument("--dtype", choices=sb.DTYPES, default="float32",
                      help="model weights' dtype; scores are always float32 (default: %(default)s)")
+    run.add_argument("--shard", action="store_true",
+                     help="under torchrun: shard the weights and the accumulators over the processes with FSDP2 (for "
+                          "models one GPU cannot hold); each process scores its share of --batches (a multiple of the "
+                          "process count), rank 0 builds masks and tables one tensor at a time. Scoring and comparing "
+                          "only (no --train, mask files or adapters); not grasp, synflow, jacob_cov, spiel_grad")
     run.add_argument("--sum-dtype", choices=sorted(sb.SUM_DTYPES), default="float64",
                      help="dtype the scoring sums accumulate in: float64 gives bitwise the same scores and masks on 1 or "
                           "N processes; float32 halves the accumulators' memory, but the last bits (and near-ties at "

@@ -103,6 +103,17 @@ def reduce_scatter_rows(full: torch.Tensor) -> torch.Tensor:
     return out[: stop - start]
 
 
+def all_gather_rows(local: torch.Tensor, rows: int) -> torch.Tensor:
+    """The whole tensor (``rows`` rows) from every rank's rows in FSDP2's Shard(0) layout, on every rank."""
+    ranks = world_size()
+    chunk = -(-rows // ranks)
+    padded = local.new_zeros((chunk, *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    out = local.new_empty((chunk * ranks, *local.shape[1:]))
+    dist.all_gather_into_tensor(out, padded.contiguous())
+    return out[:rows]
+
+
 def all_reduce_count(value: float, device: torch.device | str = "cpu") -> float:
     if not active():
         return value

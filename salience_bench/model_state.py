@@ -31,8 +31,9 @@ class ScoringMode:
     def __exit__(self, *exc):
         self.model.train(self.was_training)
         for p in self.model.parameters():
-            p.requires_grad_(self.requires_grad[id(p)])
-            p.grad = self.grads[id(p)]
+            if id(p) in self.requires_grad:  # (a sharding engine may show other tensors after a failed pass)
+                p.requires_grad_(self.requires_grad[id(p)])
+                p.grad = self.grads[id(p)]
         return False
 
 

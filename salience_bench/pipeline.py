@@ -34,6 +34,7 @@ from .report.output import OutputFolder
 from .runtime import DEVICE_CHOICES, _DEVICE, quiet_transformers, resolve_device
 from .scorers import get_scorer, resolve_metrics, resolve_options
 from .scoring import Scores, check_sum_dtype, score
+from .sharding import shard_model
 from .stats import chance_jaccard
 from .training.methods import list_baselines
 from .training.loop import RunInputs, TrainConfig
@@ -119,6 +120,7 @@ class CompareConfig:
     device: str = "auto"
     dtype: str = "float32"
     sum_dtype: str = "float64"  # accumulators' summation dtype: float64 = the same masks on any number of processes
+    shard: bool = False  # under torchrun: FSDP2 shards the weights and accumulators over the processes
     score_options: Mapping[str, Any] = field(default_factory=dict)
     kendall_sample: int = 20_000
     max_memory: int | None = None  # bytes for the global rank statistics (default: 80% of the device's free memory)
@@ -156,6 +158,13 @@ class CompareConfig:
         if self.dtype not in DTYPES:
             raise SalienceBenchError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
         check_sum_dtype(self.sum_dtype)
+        if self.shard:
+            clashing = [flag for flag, on in (("--train", self.training is not None), ("--save-masks", self.save_masks),
+                                              ("--load-mask", bool(self.load_masks)),
+                                              ("--export-peft", self.export_peft is not None)) if on]
+            if clashing:
+                raise SalienceBenchError(f"--shard scores and compares only; {', '.join(clashing)} need the whole model "
+                                         "on each process: run them without --shard")
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
             raise SalienceBenchError(f"unknown device {self.device!r}; valid: {DEVICE_CHOICES}")
         object.__setattr__(self, "score_options", resolve_options(self.score_options))
@@ -290,7 +299,14 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, progress: bool
     if positions and config.max_length > positions:
         raise SalienceBenchError(f"max length {config.max_length} is longer than the model's {positions} positions; "
                                  f"use --max-length ≤ {positions}")
-    model.to(device)
+    if config.shard:
+        if config.batches % distributed.world_size():
+            raise SalienceBenchError(f"--batches {config.batches} does not split evenly over "
+                                     f"{distributed.world_size()} sharded processes; use a multiple of "
+                                     f"{distributed.world_size()}")
+        shard_model(model, device)
+    else:
+        model.to(device)
     params = eligible_parameters(model, config.include, config.exclude)
     eligible = sum(p.numel() for p in params.values())
     config.mask.check_shapes({name: p.shape for name, p in params.items()})
@@ -309,7 +325,16 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, progress: bool
     t_score = time.perf_counter()
     scores = score(model, distributed.shard(batches) if batches else None, config.metrics, params=params,
                    seed=config.seed, progress=progress, options=config.score_options, sum_dtype=config.sum_dtype)
-    scoring_seconds = time.perf_counter() - t_score
+    try:
+        return _analyse(config, model, scores, params, batches, data, device, started, time.perf_counter() - t_score,
+                        tables=tables, progress=progress)
+    finally:
+        scores.stop()  # sharded: release the other ranks, which served rank 0's reads of their shards
+
+
+def _analyse(config: CompareConfig, model, scores: Scores, params, batches, data, device, started, scoring_seconds: float,
+             *, tables: bool, progress: bool) -> Comparison:
+    eligible = sum(p.numel() for p in params.values())
     metrics = list(scores)
     from .export import check_masks, load_masks, weights_fingerprint
 
@@ -328,7 +353,8 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, progress: bool
         model_path=str(getattr(model, "name_or_path", config.model)), started=started, train_data=data,
         weights_fingerprint=fingerprint, loaded_masks=loaded,
     )
-    if not distributed.is_main():  # rank 0 analyses and writes; the others only help to train
+    if not distributed.is_main():  # rank 0 analyses and writes; the others only help to train (or serve their shards)
+        scores.serve()
         return result
     result.masks = {**{m: config.mask.apply(s) for m, s in result.scores.items()}, **loaded}
     result.metrics = list(result.masks)  # loaded masks join the overlap and allocation tables

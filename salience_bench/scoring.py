@@ -18,11 +18,13 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .accumulators import Accumulator, get_accumulator, with_dependencies
-from .accumulators.base import local_tensor
+from .accumulators import ABS_GRAD
+from .accumulators.base import is_sharded, local_tensor
 from .errors import SalienceBenchError
 from .model_state import ScoringMode, batch_loss, check_batch
 from .models import eligible_parameters
 from .runtime import available_memory, to_device
+from .sharding import ShardServer, check_sharded_batches, sharded, summed_gradient
 from .scorers import ModelContext, TensorStats, get_scorer, resolve_metrics, resolve_options
 
 
@@ -37,6 +39,17 @@ class Scores(dict):
     def __init__(self, per_tensor: Mapping[str, Mapping[str, torch.Tensor]] = (), network: Mapping[str, float] = ()):
         super().__init__(per_tensor)
         self.network: dict[str, float] = dict(network)
+        self.server = None  # sharded scoring: the ShardServer rank 0 reads tensors through
+
+    def serve(self) -> None:
+        """Sharded scoring, ranks other than 0: answer rank 0's reads until it calls :meth:`stop` (no-op unsharded)."""
+        if self.server is not None:
+            self.server.serve()
+
+    def stop(self) -> None:
+        """Sharded scoring, rank 0: release the other ranks from :meth:`serve` (no-op unsharded)."""
+        if self.server is not None:
+            self.server.stop()
 
     def materialize(self, device: torch.device | str | None = None) -> "Scores":
         """Every score computed and stored (optionally moved to ``device``): for small models, saving, pickling."""
@@ -50,15 +63,19 @@ class MetricScores(Mapping[str, torch.Tensor]):
     Change the model only after reading what you need, or call ``Scores.materialize()`` first."""
 
     def __init__(self, scorer, params: Mapping[str, nn.Parameter], accumulated: Mapping[str, Mapping[str, torch.Tensor]],
-                 *, seed: int, num_batches: int, options: Mapping[str, Any]):
+                 *, seed: int, num_batches: int, options: Mapping[str, Any], server=None):
         self.scorer, self.params, self.accumulated = scorer, dict(params), accumulated
-        self.seed, self.num_batches, self.options = seed, num_batches, options
+        self.seed, self.num_batches, self.options, self.server = seed, num_batches, options, server
 
     def __getitem__(self, name: str) -> torch.Tensor:
         p = self.params[name]
+        if self.server is not None:  # sharded: the weight and accumulators assembled from every rank's shard
+            weight, accumulated = self.server.fetch(name, sorted(self.scorer.needs))
+        else:
+            weight, accumulated = p.detach().float(), {need: self.accumulated[need][name] for need in self.scorer.needs}
         score = self.scorer(TensorStats(
-            name=name, weight=p.detach().float(), seed=self.seed, num_batches=self.num_batches, options=self.options,
-            accumulated={need: self.accumulated[need][name] for need in self.scorer.needs},
+            name=name, weight=weight, seed=self.seed, num_batches=self.num_batches, options=self.options,
+            accumulated=accumulated,
         )).to(torch.float32)
         if score.shape != p.shape:
             raise SalienceBenchError(f"metric {self.scorer.name!r} returned shape {tuple(score.shape)} for {name!r} "
@@ -80,7 +97,9 @@ def _gradient_hooks(params: Mapping[str, nn.Parameter], accumulators: Sequence[A
     stack = ExitStack()
     for name, p in params.items():
         def fold(param: torch.Tensor, name: str = name) -> None:
-            grad = param.grad.float()
+            grad = local_tensor(param.grad).float()
+            if is_sharded(param):  # this rank's shard of the ranks' averaged gradients: their sum
+                grad = summed_gradient(grad)
             for acc in accumulators:
                 acc.add_gradient(name, grad)
             param.grad = None
@@ -98,7 +117,7 @@ def _run_pass(
     progress: bool,
 ) -> int:
     """One walk over ``batches`` feeding ``accumulators``; returns how many batches it saw."""
-    device = next(iter(params.values())).device
+    device = local_tensor(next(iter(params.values()))).device
     backward = any(acc.needs_backward for acc in accumulators)
     num_batches = 0
     with ScoringMode(model, params), ExitStack() as stack:
@@ -146,10 +165,12 @@ def accumulate(
     _check_memory(params, order, sum_dtype)
     first = [get_accumulator(n).create(model, params, sum_dtype=sum_dtype) for n in order if not get_accumulator(n).after]
     later = [get_accumulator(n).create(model, params, sum_dtype=sum_dtype) for n in order if get_accumulator(n).after]
-    if later:
+    if later or sharded(params):
         batches = list(batches)  # walked once per pass
+    if sharded(params):
+        check_sharded_batches(len(batches))
     desc = progress if isinstance(progress, str) else "scoring"
-    device = next(iter(params.values())).device
+    device = local_tensor(next(iter(params.values()))).device
     results: dict[str, dict[str, torch.Tensor]] = {}
     num_batches = 0
     for index, group in enumerate([first, *([acc] for acc in later)]):
@@ -221,6 +242,8 @@ def score(
     scorers = [get_scorer(n) for n in names]
     options = resolve_options(options)
     params = _checked_params(model, params) if params is not None else eligible_parameters(model, include, exclude)
+    if sharded(params):
+        _check_shardable(scorers)
     needs = set().union(*(s.needs for s in scorers if not s.whole_model))
     data_users = sorted(s.name for s in scorers if s.uses_data)
     if data_users and batches is None:
@@ -237,6 +260,8 @@ def score(
             sum_dtype=sum_dtype,
         )
     result = Scores()
+    if sharded(params):
+        result.server = ShardServer(params, accumulated)
     for scorer in scorers:
         if scorer.whole_model:
             value = scorer(ModelContext(model=model, params=params, batches=batches, seed=seed, options=options))
@@ -252,12 +277,25 @@ def score(
             # Computed when read; their inputs (weights, accumulators) are checked once below, and the scores
             # themselves wherever they are consumed (masks refuse NaN/inf, rank statistics return NaN).
             result[scorer.name] = MetricScores(scorer, params, accumulated, seed=seed, num_batches=num_batches,
-                                               options=options)
+                                               options=options, server=result.server)
     if any(not s.whole_model for s in scorers):
-        _check_finite("the weights", {n: p.detach() for n, p in params.items()})
+        shards = sharded(params)
+        _check_finite("the weights", {n: local_tensor(p).detach() for n, p in params.items()}, shards)
         for need, per_tensor in accumulated.items():
-            _check_finite(f"accumulator {need!r}", per_tensor)
+            _check_finite(f"accumulator {need!r}", per_tensor, shards)
     return result
+
+
+def _check_shardable(scorers: Sequence) -> None:
+    """Metrics sharded scoring can compute: tensor scorers whose accumulators survive FSDP's summed gradients."""
+    whole = sorted(s.name for s in scorers if s.whole_model)
+    per_batch = sorted(s.name for s in scorers if ABS_GRAD in s.needs)
+    if whole or per_batch:
+        raise SalienceBenchError(
+            f"sharded scoring cannot compute {whole + per_batch}: "
+            + (f"{whole} run the whole model their own way; " if whole else "")
+            + (f"{per_batch} need each batch's own gradient, which FSDP sums with the other ranks' batches; "
+               if per_batch else "") + "score them without --shard")
 
 
 def _checked_params(model: nn.Module, params: Any) -> dict[str, nn.Parameter]:
@@ -281,10 +319,12 @@ def _checked(metric: str, per_tensor: dict[str, torch.Tensor], params: Mapping[s
     return per_tensor
 
 
-def _check_finite(what: str, tensors: Mapping[str, torch.Tensor]) -> None:
+def _check_finite(what: str, tensors: Mapping[str, torch.Tensor], sharded_tensors: bool = False) -> None:
     """Every entry finite, one tensor at a time, with one host read for all of them."""
     names = list(tensors)
     non_finite = torch.stack([t.numel() - torch.isfinite(t).count_nonzero() for t in tensors.values()])
+    if sharded_tensors:  # each rank checked its shards: every rank raises, or none (no rank left waiting)
+        distributed.all_reduce_sum_([non_finite])
     for pname, bad in zip(names, non_finite.tolist()):
         if bad:
             label = f"metric {what!r} produced" if not what.startswith(("the ", "accumulator")) else f"{what} hold"

@@ -95,13 +95,14 @@ def test_float32_sums_depend_on_the_split(tmp_path):
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
                     reason="torchrun is not on PATH")
-def test_torchrun_compare_writes_once_and_matches_one_process(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("sharding", [[], ["--shard"]], ids=["replicated", "sharded"])
+def test_torchrun_compare_writes_once_and_matches_one_process(tiny_model_dir, tmp_path, sharding):
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     common = ["--metrics", "grad,fisher,wanda", "--batches", "4", "--no-figures"]
     two = subprocess.run(
-        [torchrun, "--nproc_per_node=2", "--master_port=29533", "-m", "salience_bench.compare",
-         *tiny_args(tiny_model_dir, tmp_path / "two", *common)],
+        [torchrun, "--nproc_per_node=2", f"--master_port={29533 + len(sharding)}", "-m", "salience_bench.compare",
+         *tiny_args(tiny_model_dir, tmp_path / "two", *common, *sharding)],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert two.returncode == 0, two.stderr[-3000:]
@@ -112,3 +113,16 @@ def test_torchrun_compare_writes_once_and_matches_one_process(tiny_model_dir, tm
     for name in ("overlap.csv", "rank_correlation.csv", "allocation.csv"):
         a, b = pd.read_csv(tmp_path / "one" / name), pd.read_csv(tmp_path / "two" / name)
         pd.testing.assert_frame_equal(a, b, rtol=1e-5)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+                    reason="torchrun is not on PATH")
+def test_torchrun_shard_refuses_uneven_batches_on_every_rank(tiny_model_dir, tmp_path):
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29541", "-m", "salience_bench.compare",
+                          *tiny_args(tiny_model_dir, tmp_path / "odd", "--metrics", "grad", "--batches", "3", "--shard")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode != 0
+    assert "--batches 3 does not split evenly over 2 sharded processes" in run.stderr
+    assert not (tmp_path / "odd").exists()

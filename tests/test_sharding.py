@@ -1,0 +1,95 @@
+"""Sharded scoring (FSDP2 on gloo): scores and masks equal the unsharded ones; shard-layout helpers exact."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import salience_bench as sb
+from salience_bench import distributed
+from salience_bench.errors import SalienceBenchError
+from salience_bench.sharding import shard_model
+
+from .conftest import tiny_batches, tiny_bert
+
+METRICS = ["grad", "snip", "fisher", "wanda", "magnitude", "random"]
+BATCHES = 4
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=24, intermediate_size=40, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    return LlamaForCausalLM(config)
+
+
+def llama_batches(num_batches=BATCHES, batch_size=3, length=7, seed=3):
+    """Left-padded batches with unequal target counts (some prompt tokens ignored)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(num_batches):
+        ids = torch.randint(1, 50, (batch_size, length), generator=g)
+        starts = torch.randint(0, 3, (batch_size,), generator=g)
+        mask = (torch.arange(length)[None] >= starts[:, None]).long()
+        labels = torch.where(mask.bool(), ids, -100)
+        labels[:, : length // 2] = -100
+        out.append({"input_ids": ids * mask, "attention_mask": mask, "labels": labels})
+    return out
+
+
+MODELS = {"bert": (tiny_bert, lambda: tiny_batches(num_batches=BATCHES)), "llama": (tiny_llama, llama_batches)}
+
+
+def _worker(rank, world, init_file, out_file, which):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        build, make = MODELS[which]
+        model = shard_model(build(), torch.device("cpu"))
+        assert all(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters())
+        scores = sb.score(model, distributed.shard(make()), METRICS)
+        if rank == 0:
+            try:  # read on rank 0 while the other rank serves its shards
+                torch.save((dict(scores.materialize()), {m: dict(sb.make_mask(s, density=0.1)) for m, s in scores.items()}),
+                           out_file)
+            finally:
+                scores.stop()
+        else:
+            scores.serve()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("which", ["bert", "llama"])
+def test_sharded_scores_and_masks_equal_unsharded(tmp_path, which):
+    out_file = tmp_path / "rank0.pt"
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out_file), which), nprocs=2, join=True)
+    sharded_scores, sharded_masks = torch.load(out_file)
+    torch.set_num_threads(1)
+    build, make = MODELS[which]
+    reference = sb.score(build(), make(), METRICS)
+    for metric, per in reference.items():
+        for name, s in per.items():
+            scale = float(s.abs().max())
+            torch.testing.assert_close(sharded_scores[metric][name], s, rtol=1e-5, atol=1e-6 * scale, msg=(metric, name))
+        jaccard = sb.jaccard(sharded_masks[metric], sb.make_mask(per, density=0.1))
+        assert jaccard >= 0.999, (metric, jaccard)
+
+
+@pytest.mark.parametrize("rows,ranks", [(5, 2), (5, 4), (8, 3), (1, 2)])
+def test_shard_rows_cover_the_tensor_as_torch_chunk_does(rows, ranks):
+    ranges = [distributed.shard_rows_range(rows, ranks, r) for r in range(ranks)]
+    chunks = [c.numel() for c in torch.arange(rows).chunk(ranks)] + [0] * ranks
+    assert [stop - start for start, stop in ranges] == chunks[:ranks]
+    assert ranges[0][0] == 0 and ranges[-1][1] == rows
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+
+
+def test_shard_refuses_a_single_process():
+    with pytest.raises(SalienceBenchError, match="torchrun"):
+        shard_model(tiny_bert(), torch.device("cpu"))
