@@ -109,13 +109,15 @@ def run(args) -> dict:
     params = sb.eligible_parameters(model)
     eligible = sum(p.numel() for p in params.values())
     row = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", torch=torch.__version__, gpus=distributed.world_size(),
-               shape=args.shape, sharded=args.shard, sum_dtype=args.sum_dtype, eligible=eligible,
+               shape=args.shape, sharded=args.shard, sum_dtype=args.sum_dtype,
+               deterministic=not args.nondeterministic, eligible=eligible,
                batches=f"{len(batches)}x{shape['batch_size']}x{args.seq}")
     # Warm-up: one batch per rank (kernels, NCCL communicators), then the measured pass over all of them.
-    sb.score(model, mine[:1], ["grad"], params=params, sum_dtype=args.sum_dtype)
+    options = dict(params=params, sum_dtype=args.sum_dtype, deterministic=not args.nondeterministic)
+    sb.score(model, mine[:1], ["grad"], **options)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    scores, row["score_seconds"] = timed(lambda: sb.score(model, mine, METRICS, params=params, sum_dtype=args.sum_dtype))
+    scores, row["score_seconds"] = timed(lambda: sb.score(model, mine, METRICS, **options))
     row["score_peak_gib_per_rank"] = [round(v / GIB, 2) for v in distributed.gather_values([_peak(device)])]
     if distributed.is_main():
         try:
@@ -180,6 +182,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--shard", action="store_true", help="FSDP2: shard the weights and the accumulators")
     parser.add_argument("--sum-dtype", choices=sorted(sb.SUM_DTYPES), default="float64")
+    parser.add_argument("--nondeterministic", action="store_true", help="fast, order-varying GPU kernels")
     parser.add_argument("--layer-kendall-n", type=int, default=20_000)
     parser.add_argument("--analysis", choices=["full", "masks"], default="full",
                         help="masks: stop after the masks (for 1-vs-N comparisons); full: Jaccard, allocation, rank frame")

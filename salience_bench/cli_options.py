@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "models one GPU cannot hold); each process scores its share of --batches (a multiple of the "
                           "process count), rank 0 builds masks and tables one tensor at a time. Scoring and comparing "
                           "only (no --train, mask files or adapters); not grasp, synflow, jacob_cov, spiel_grad")
+    run.add_argument("--nondeterministic", action="store_true",
+                     help="let the scoring pass use the fastest GPU kernels, some of which (fused attention backward) "
+                          "add in a varying order: masks may then differ from run to run in near-ties (default: "
+                          "deterministic kernels, bitwise-repeatable masks)")
     run.add_argument("--sum-dtype", choices=sorted(sb.SUM_DTYPES), default="float64",
                      help="dtype the scoring sums accumulate in: float64 gives bitwise the same scores and masks on 1 or "
                           "N processes; float32 halves the accumulators' memory, but the last bits (and near-ties at "

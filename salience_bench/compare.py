@@ -29,7 +29,8 @@ def config_from_args(args: argparse.Namespace) -> sb.CompareConfig:
     return sb.CompareConfig(
         metrics=args.metrics, model=args.model, dataset=args.dataset, include=args.include,
         exclude=args.exclude, mask=mask, batches=args.batches, batch_size=args.batch_size, max_length=args.max_length,
-        seed=args.seed, device=args.device, dtype=args.dtype, sum_dtype=args.sum_dtype, shard=args.shard, kendall_sample=args.kendall_sample,
+        seed=args.seed, device=args.device, dtype=args.dtype, sum_dtype=args.sum_dtype, shard=args.shard,
+        deterministic=not args.nondeterministic, kendall_sample=args.kendall_sample,
         score_options={"lift_rank": args.lift_rank, "block_size": args.block_size}, training=training,
         task=args.task, chat_template=not args.no_chat_template, max_memory=args.max_memory,
         save_masks=args.save_masks, load_masks=tuple(args.load_mask), export_peft=args.export_peft,

@@ -64,20 +64,38 @@ def shard_rows(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[rank():: world_size()] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in batch.items()}
 
 
+BUCKET_BYTES = 64 << 20
+
+
 def all_reduce_sum_(tensors: Iterable[torch.Tensor]) -> None:
-    """Sum each tensor over the ranks, in place (one flat buffer per dtype and device: few messages)."""
+    """Sum each tensor over the ranks, in place. Small tensors travel together in flat buckets of at most
+    ``BUCKET_BYTES`` (few messages); larger ones are reduced where they lie, so the extra memory is one
+    bucket, never a second copy of the accumulators."""
     if not active():
         return
-    groups: dict[tuple, list[torch.Tensor]] = {}
+    buckets: dict[tuple, list[torch.Tensor]] = {}
     for t in tensors:
-        groups.setdefault((t.dtype, t.device), []).append(t)
-    for group in groups.values():
-        flat = torch.cat([t.reshape(-1) for t in group])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        offset = 0
-        for t in group:
-            t.copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
+        if t.numel() * t.element_size() >= BUCKET_BYTES and t.is_contiguous():
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            continue
+        key = (t.dtype, t.device)
+        bucket = buckets.setdefault(key, [])
+        if bucket and sum(b.numel() for b in bucket) * t.element_size() + t.numel() * t.element_size() > BUCKET_BYTES:
+            _reduce_flat(bucket)
+            bucket.clear()
+        bucket.append(t)
+    for bucket in buckets.values():
+        if bucket:
+            _reduce_flat(bucket)
+
+
+def _reduce_flat(group: list[torch.Tensor]) -> None:
+    flat = torch.cat([t.reshape(-1) for t in group])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for t in group:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 def shard_rows_range(rows: int, ranks: int | None = None, of_rank: int | None = None) -> tuple[int, int]:

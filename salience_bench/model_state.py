@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import torch
@@ -12,12 +13,22 @@ from .errors import SalienceBenchError
 
 
 class ScoringMode:
-    """Eval mode, gradients only on the scored tensors; everything restored on exit."""
+    """Eval mode, gradients only on the scored tensors, and (``deterministic``) kernels that add in a fixed
+    order; everything restored on exit.
 
-    def __init__(self, model: nn.Module, params: Mapping[str, nn.Parameter]):
-        self.model, self.scored = model, {id(p) for p in params.values()}
+    Deterministic kernels make each batch's gradient repeat bit for bit on a GPU (fused attention backward
+    kernels otherwise accumulate with atomics in a varying order), which masks that do not depend on the
+    run or on the number of processes need. An operation with no deterministic kernel is a clear error."""
+
+    def __init__(self, model: nn.Module, params: Mapping[str, nn.Parameter], deterministic: bool = True):
+        self.model, self.scored, self.deterministic = model, {id(p) for p in params.values()}, deterministic
 
     def __enter__(self):
+        self.was_deterministic = (torch.are_deterministic_algorithms_enabled(),
+                                  torch.is_deterministic_algorithms_warn_only_enabled())
+        if self.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable results
+            torch.use_deterministic_algorithms(True)
         self.was_training = self.model.training
         self.requires_grad = {id(p): p.requires_grad for p in self.model.parameters()}
         self.grads = {id(p): p.grad for p in self.model.parameters()}
@@ -28,12 +39,17 @@ class ScoringMode:
             p.grad = None
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        torch.use_deterministic_algorithms(self.was_deterministic[0], warn_only=self.was_deterministic[1])
         self.model.train(self.was_training)
         for p in self.model.parameters():
             if id(p) in self.requires_grad:  # (a sharding engine may show other tensors after a failed pass)
                 p.requires_grad_(self.requires_grad[id(p)])
                 p.grad = self.grads[id(p)]
+        if exc_type is RuntimeError and self.deterministic and "deterministic" in str(exc):
+            raise SalienceBenchError(f"this model runs an operation with no deterministic kernel ({str(exc).splitlines()[0]}); "
+                                     "score with --nondeterministic (deterministic=False): masks may then change "
+                                     "from run to run in near-ties") from exc
         return False
 
 

@@ -120,6 +120,7 @@ class CompareConfig:
     device: str = "auto"
     dtype: str = "float32"
     sum_dtype: str = "float64"  # accumulators' summation dtype: float64 = the same masks on any number of processes
+    deterministic: bool = True  # deterministic kernels in the scoring pass: masks repeat bit for bit on a GPU
     shard: bool = False  # under torchrun: FSDP2 shards the weights and accumulators over the processes
     score_options: Mapping[str, Any] = field(default_factory=dict)
     kendall_sample: int = 20_000
@@ -324,7 +325,8 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, progress: bool
         + (f", shared by {distributed.world_size()} processes" if distributed.active() else ""))
     t_score = time.perf_counter()
     scores = score(model, distributed.shard(batches) if batches else None, config.metrics, params=params,
-                   seed=config.seed, progress=progress, options=config.score_options, sum_dtype=config.sum_dtype)
+                   seed=config.seed, progress=progress, options=config.score_options, sum_dtype=config.sum_dtype,
+                   deterministic=config.deterministic)
     try:
         return _analyse(config, model, scores, params, batches, data, device, started, time.perf_counter() - t_score,
                         tables=tables, progress=progress)

@@ -115,12 +115,13 @@ def _run_pass(
     accumulators: Sequence[Accumulator],
     desc: str,
     progress: bool,
+    deterministic: bool = True,
 ) -> int:
     """One walk over ``batches`` feeding ``accumulators``; returns how many batches it saw."""
     device = local_tensor(next(iter(params.values()))).device
     backward = any(acc.needs_backward for acc in accumulators)
     num_batches = 0
-    with ScoringMode(model, params), ExitStack() as stack:
+    with ScoringMode(model, params, deterministic), ExitStack() as stack:
         for acc in accumulators:
             stack.enter_context(acc.hooks())
         if backward:
@@ -146,6 +147,7 @@ def accumulate(
     *,
     progress: bool | str = False,
     sum_dtype: torch.dtype | str = torch.float64,
+    deterministic: bool = True,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
     """Run the model over ``batches`` and return (the requested float32 accumulators, batch count).
 
@@ -157,6 +159,8 @@ def accumulate(
     Per-batch contributions are summed in ``sum_dtype``: float64 (the default) makes the sums exact in
     practice, so 1 and N processes give bitwise-identical float32 statistics over the same batches;
     float32 halves the accumulators' memory, and the last bits then depend on the summation order.
+    ``deterministic`` runs the pass with deterministic kernels (see :class:`ScoringMode`), so each batch's
+    contribution repeats bit for bit on a GPU too; False allows faster, order-varying ones.
     """
     if not params:
         raise SalienceBenchError("no parameters to score: params is empty")
@@ -176,7 +180,8 @@ def accumulate(
     for index, group in enumerate([first, *([acc] for acc in later)]):
         if index:
             group[0].begin(results)
-        seen = _run_pass(model, batches, params, group, desc if index == 0 else f"{group[0].name} pass", bool(progress))
+        seen = _run_pass(model, batches, params, group, desc if index == 0 else f"{group[0].name} pass", bool(progress),
+                         deterministic)
         distributed.all_reduce_sum_([t for acc in group for t in acc.to_all_reduce()])
         seen = int(distributed.all_reduce_count(seen, device))
         if seen == 0:
@@ -227,6 +232,7 @@ def score(
     options: Mapping[str, Any] | None = None,
     progress: bool = False,
     sum_dtype: torch.dtype | str = torch.float64,
+    deterministic: bool = True,
 ) -> Scores:
     """Scores of every requested metric for every eligible tensor.
 
@@ -236,7 +242,8 @@ def score(
     backward per batch); metrics that need no data (magnitude, random, lift, synflow) need no batches.
     ``params`` overrides the include/exclude selection with an explicit name→parameter map;
     ``options`` sets scorer options (see ``scorer_options()``: ``lift_rank``, ``block_size`` …).
-    ``sum_dtype`` is the accumulators' summation dtype (see :func:`accumulate`).
+    ``sum_dtype`` and ``deterministic``: see :func:`accumulate`; the defaults give the same scores and masks
+    for the same batches on any number of processes.
     """
     names = resolve_metrics(metrics)
     scorers = [get_scorer(n) for n in names]
@@ -257,7 +264,7 @@ def score(
     if needs:
         accumulated, num_batches = accumulate(
             model, batches, params, needs, progress=f"scoring {','.join(names)}" if progress else False,
-            sum_dtype=sum_dtype,
+            sum_dtype=sum_dtype, deterministic=deterministic,
         )
     result = Scores()
     if sharded(params):

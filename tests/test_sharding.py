@@ -93,3 +93,24 @@ def test_shard_rows_cover_the_tensor_as_torch_chunk_does(rows, ranks):
 def test_shard_refuses_a_single_process():
     with pytest.raises(SalienceBenchError, match="torchrun"):
         shard_model(tiny_bert(), torch.device("cpu"))
+
+
+def _bucket_worker(rank, world, init_file, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        distributed.BUCKET_BYTES = 64  # 16 float32: every path (in place, shared buckets, flushes) is taken
+        tensors = [torch.full((n,), float(rank + 1 + i)) for i, n in enumerate([3, 40, 5, 9, 1, 16, 2])]
+        tensors.append(torch.arange(6.0).view(2, 3).t())  # not contiguous: goes through a bucket
+        distributed.all_reduce_sum_(tensors)
+        if rank == 0:
+            torch.save(tensors, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_sums_in_buckets_and_in_place(tmp_path):
+    mp.spawn(_bucket_worker, args=(3, str(tmp_path / "init"), str(tmp_path / "out.pt")), nprocs=3, join=True)
+    tensors = torch.load(tmp_path / "out.pt")
+    for i, (t, n) in enumerate(zip(tensors, [3, 40, 5, 9, 1, 16, 2])):
+        assert torch.equal(t, torch.full((n,), float(sum(r + 1 + i for r in range(3))))), i
+    assert torch.equal(tensors[-1], 3 * torch.arange(6.0).view(2, 3).t())
