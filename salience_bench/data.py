@@ -29,15 +29,20 @@ IGNORE_INDEX = -100  # the Hugging Face label for tokens without a loss
 
 @dataclass(frozen=True)
 class TextDataset:
+    """Sentences (or sentence pairs: ``second`` holds each pair's second sentence) with integer class labels,
+    or float targets when ``regression`` (STS-B: one output, mean squared error)."""
+
     name: str
     split: str
     texts: list[str]
-    labels: list[int]
+    labels: list[int] | list[float]
+    second: list[str] | None = None
+    regression: bool = False
     task: ClassVar[str] = "classification"
 
     @property
     def num_labels(self) -> int:
-        return max(self.labels) + 1
+        return 1 if self.regression else int(max(self.labels)) + 1
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -66,15 +71,28 @@ class PromptDataset:
 Dataset = Union[TextDataset, PromptDataset]
 
 
-# Bundled name → (split → gzip file in salience_bench/_data, text column, hub name for the same data)
+def _glue(task: str) -> dict[str, str]:
+    return {"train": f"{task}_train.tsv.gz", "validation": f"{task}_validation.tsv.gz"}
+
+
+# Bundled name → (split → gzip file in salience_bench/_data, text column(s), hub name for the same data)
 BUNDLED = {
-    "sst2": ({"train": "sst2_train.tsv.gz", "validation": "sst2_validation.tsv.gz"}, "sentence", "glue/sst2"),
-    "ag_news": ({"train": "ag_news_train_sample.tsv.gz", "test": "ag_news_test.tsv.gz"}, "text", "ag_news"),
+    "sst2": ({"train": "sst2_train.tsv.gz", "validation": "sst2_validation.tsv.gz"}, ("sentence",), "glue/sst2"),
+    "ag_news": ({"train": "ag_news_train_sample.tsv.gz", "test": "ag_news_test.tsv.gz"}, ("text",), "ag_news"),
+    "cola": (_glue("cola"), ("sentence",), "glue/cola"),  # report: Matthews correlation
+    "mrpc": (_glue("mrpc"), ("sentence1", "sentence2"), "glue/mrpc"),  # accuracy and F1
+    "rte": (_glue("rte"), ("sentence1", "sentence2"), "glue/rte"),  # accuracy
+    "stsb": (_glue("stsb"), ("sentence1", "sentence2"), "glue/stsb"),  # Pearson and Spearman (regression)
 }
+REGRESSION = {"stsb"}
+HEADLINE_METRIC = {"cola": "mcc", "stsb": "pearson"}  # the task's reported metric where it is not accuracy
 PROMPT_BUNDLED = {"gsm8k": {"train": "gsm8k_train.jsonl.gz", "test": "gsm8k_test.jsonl.gz"}}
 PROMPT_FIELDS = (("prompt", "completion"), ("question", "answer"), ("instruction", "output"))
 DATASET_CHOICES = (*BUNDLED, *PROMPT_BUNDLED, "jsonl:PATH", "hf:<name>[/<config>]")
-EVAL_SPLIT = {"sst2": "validation", "ag_news": "test", "gsm8k": "test"}  # what papers report (GLUE's test labels are private)
+# what papers report (GLUE's test labels are private)
+EVAL_SPLIT = {"sst2": "validation", "ag_news": "test", "gsm8k": "test", "cola": "validation", "mrpc": "validation",
+              "rte": "validation", "stsb": "validation"}
+PAIR_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"), ("question1", "question2"))
 JSONL_HELD_OUT = 0.05  # jsonl:PATH: the last 5% of the file (at least 1, at most 500 examples) is its "validation" split
 
 
@@ -97,16 +115,15 @@ def load_eval_dataset(name: str) -> Dataset:
 
 
 def _read_bundled(name: str, split: str) -> TextDataset:
-    files, text_column, _ = BUNDLED[name]
+    files, columns, _ = BUNDLED[name]
     if split not in files:
         raise SalienceBenchError(f"dataset {name!r} has no split {split!r}; bundled splits: {', '.join(files)}")
     raw = resources.files("salience_bench").joinpath("_data", files[split]).read_bytes()
-    reader = csv.DictReader(io.StringIO(gzip.decompress(raw).decode("utf-8")), delimiter="\t", quoting=csv.QUOTE_NONE)
-    texts, labels = [], []
-    for row in reader:
-        texts.append(row[text_column])
-        labels.append(int(row["label"]))
-    return TextDataset(name, split, texts, labels)
+    rows = list(csv.DictReader(io.StringIO(gzip.decompress(raw).decode("utf-8")), delimiter="\t", quoting=csv.QUOTE_NONE))
+    regression = name in REGRESSION
+    return TextDataset(name, split, [r[columns[0]] for r in rows],
+                       [float(r["label"]) if regression else int(r["label"]) for r in rows],
+                       second=[r[columns[1]] for r in rows] if len(columns) > 1 else None, regression=regression)
 
 
 def _read_hub(spec: str, split: str) -> TextDataset:
@@ -119,13 +136,17 @@ def _read_hub(spec: str, split: str) -> TextDataset:
         ds = datasets.load_dataset(path, config or None, split=split)
     except Exception as err:  # the datasets library raises many types for missing names/network
         raise SalienceBenchError(f"cannot load dataset {spec!r} split {split!r}: {err}") from err
-    text_column = next((c for c in ("sentence", "text", "content") if c in ds.column_names), None)
+    pair = next((p for p in PAIR_COLUMNS if all(c in ds.column_names for c in p)), None)
+    text_column = pair[0] if pair else next((c for c in ("sentence", "text", "content") if c in ds.column_names), None)
     if text_column is None or "label" not in ds.column_names:
         raise SalienceBenchError(
-            f"dataset {spec!r} needs a text column (sentence/text/content) and a 'label' column; "
-            f"it has {ds.column_names}"
+            f"dataset {spec!r} needs a text column (sentence/text/content) or a sentence pair "
+            f"({', '.join('/'.join(p) for p in PAIR_COLUMNS)}) and a 'label' column; it has {ds.column_names}"
         )
-    return TextDataset(spec, split, list(ds[text_column]), [int(x) for x in ds["label"]])
+    labels = list(ds["label"])
+    regression = any(isinstance(x, float) for x in labels)
+    return TextDataset(spec, split, list(ds[text_column]), [float(x) if regression else int(x) for x in labels],
+                       second=list(ds[pair[1]]) if pair else None, regression=regression)
 
 
 def _prompt_rows(rows: list[dict], source: str) -> tuple[list[str], list[str]]:
@@ -248,9 +269,11 @@ def _encode(data: Dataset, tokenizer, idx: list[int], max_length: int, chat_temp
     if data.task == "causal-lm":
         return encode_prompts(tokenizer, [data.prompts[i] for i in idx], [data.completions[i] for i in idx],
                               max_length=max_length, chat_template=chat_template)
-    enc = tokenizer([data.texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+    second = [data.second[i] for i in idx] if data.second is not None else None  # pairs: "[CLS] a [SEP] b [SEP]"
+    enc = tokenizer([data.texts[i] for i in idx], second, padding=True, truncation=True, max_length=max_length,
                     return_tensors="pt")
-    return {**enc, "labels": torch.tensor([data.labels[i] for i in idx], dtype=torch.long)}
+    return {**enc, "labels": torch.tensor([data.labels[i] for i in idx],
+                                          dtype=torch.float32 if data.regression else torch.long)}
 
 
 _FINAL_NUMBER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")

@@ -25,7 +25,8 @@ import pandas as pd
 import torch
 
 from . import analysis, distributed
-from .data import Dataset, check_dataset_name, dataset_task, load_dataset, load_eval_dataset, make_batches
+from .data import (HEADLINE_METRIC, Dataset, check_dataset_name, dataset_task, load_dataset, load_eval_dataset,
+                   make_batches)
 from .errors import SalienceBenchError, is_int, is_number
 from .masks import Mask, MaskSpec
 from .models import TASKS, eligible_parameters, infer_task, load_model_and_tokenizer
@@ -418,7 +419,7 @@ def run_downstream(result: Comparison, out_dir: Path, *, figures: bool = True, p
         inputs=RunInputs(load, data, eval_data, result.device), progress=progress, log=log,
     )
     files = [DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV]
-    summary = summary_frame(rows)
+    summary = summary_frame(rows, HEADLINE_METRIC.get(config.dataset, "accuracy"))
     if figures and distributed.is_main():
         files += _downstream_figures(out_dir / "figures", summary, drift, config, eval_data.split, result.device)
     return Downstream(rows=rows, summary=summary, eval_split=eval_data.split, files=files)

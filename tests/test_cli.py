@@ -159,3 +159,22 @@ def test_all_metrics_with_network_scores_and_structures(tiny_model_dir, tmp_path
 def test_bad_structure_input_exits_2(tiny_model_dir, tmp_path, args, message):
     result = run_cli(*tiny_args(tiny_model_dir, tmp_path / "o"), *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("dataset, headline", [("stsb", "pearson"), ("mrpc", "accuracy")])
+def test_glue_pair_tasks_score_and_train_by_name(tiny_model_dir, tmp_path, dataset, headline):
+    """Sentence pairs and STS-B's regression head, by name: scores, training and the task's metrics."""
+    config = sb.CompareConfig(model=str(tiny_model_dir), dataset=dataset, metrics=("grad", "fisher"), batches=2,
+                              batch_size=4, max_length=16,
+                              training=sb.TrainingPlan(baselines=("lora",), steps=2, batch_size=4))
+    run = sb.run_and_write(config, tmp_path / dataset, figures=False)
+    rows, summary = run.downstream.rows, run.downstream.summary
+    assert (summary["measure"] == headline).all()
+    if dataset == "stsb":
+        assert rows["eval_accuracy"].isna().all() and rows["eval_pearson"].between(-1, 1).all()
+        assert rows["eval_spearman"].between(-1, 1).all()
+        assert summary["accuracy_mean"].tolist() == pytest.approx(rows["eval_pearson"].tolist())  # one seed each
+    else:
+        assert rows["eval_f1"].between(0, 1).all() and rows["eval_mcc"].between(-1, 1).all()
+    saved = pd.read_csv(tmp_path / dataset / "downstream.csv")
+    assert len(saved) == len(rows) == 3  # sparse grad, sparse fisher, lora

@@ -108,8 +108,9 @@ def accuracy_plot(summary: pd.DataFrame, *, title: str) -> plt.Figure:
     ax.set_yticks(list(y), summary["run"])
     ax.invert_yaxis()
     measure = _measure(summary)
-    if measure != "perplexity":  # fractions: zoom into [0, 1]
-        low = max(0.0, float((summary["accuracy_mean"] - errors).min()) - 0.05)
+    if measure != "perplexity":  # fractions in [0, 1], correlations (mcc, pearson) in [-1, 1]: zoom in
+        floor = 0.0 if measure in ("accuracy", "exact match") else -1.0
+        low = max(floor, float((summary["accuracy_mean"] - errors).min()) - 0.05)
         ax.set_xlim(low, min(1.0, float((summary["accuracy_mean"] + errors).max()) + 0.02))
     seeds = int(summary["seeds"].max())
     ax.set_xlabel(measure + (f" (mean of {seeds} seeds, 95% t-interval)" if seeds > 1 else " (one seed)"))

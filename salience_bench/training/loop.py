@@ -34,14 +34,20 @@ DOWNSTREAM_COLUMNS = [
 DRIFT_COLUMNS = ["metric", "seed", "step", "jaccard_initial", "jaccard_previous", "ever_selected", "ever_selected_fraction"]
 CURVE_COLUMNS = ["method", "metric", "mask_schedule", "seed", "step", "eval_accuracy", "eval_loss"]
 LM_COLUMNS = ["eval_perplexity"]  # added for causal LMs, whose eval_accuracy is the exact match of generated answers
+# added for classifiers: two-class MCC and F1 (CoLA, MRPC), a regression head's correlations (STS-B); NaN elsewhere
+TASK_COLUMNS = ["eval_mcc", "eval_f1", "eval_pearson", "eval_spearman"]
+
+
+def _extra_columns(task: str) -> list[str]:
+    return LM_COLUMNS if task == "causal-lm" else TASK_COLUMNS
 
 
 def downstream_columns(task: str) -> list[str]:
-    return DOWNSTREAM_COLUMNS + (LM_COLUMNS if task == "causal-lm" else [])
+    return DOWNSTREAM_COLUMNS + _extra_columns(task)
 
 
 def curve_columns(task: str) -> list[str]:
-    return CURVE_COLUMNS + (LM_COLUMNS if task == "causal-lm" else [])
+    return CURVE_COLUMNS + _extra_columns(task)
 
 
 @dataclass
@@ -107,12 +113,15 @@ class RunResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Sequence[dict], device: torch.device) -> dict[str, float]:
-    """Classification: ``eval_accuracy`` and the mean loss per example. Token labels (a causal LM): the mean
-    loss per target token and its perplexity (``eval_accuracy`` NaN; see :func:`exact_match`)."""
+    """Classification: ``eval_accuracy``, the mean loss per example, and for two classes ``eval_mcc`` (Matthews
+    correlation, CoLA's metric) and ``eval_f1`` (of class 1, MRPC's). Float targets (a regression head, STS-B):
+    ``eval_pearson`` and ``eval_spearman`` (``eval_accuracy`` NaN). Token labels (a causal LM): the mean loss
+    per target token and its perplexity (``eval_accuracy`` NaN; see :func:`exact_match`)."""
     was_training = model.training
     model.eval()
-    correct = total = 0
+    total = 0
     loss_sum = 0.0
+    predictions, targets = [], []
     for batch in batches:
         batch = to_device(batch, device)
         out = model(**batch)
@@ -121,14 +130,39 @@ def evaluate(model: nn.Module, batches: Sequence[dict], device: torch.device) ->
             n = int(units.sum())
         else:
             n = batch["labels"].shape[0]
-            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+            regression = batch["labels"].is_floating_point()
+            predictions.append((out.logits.reshape(-1) if regression else out.logits.argmax(-1)).float().cpu())
+            targets.append(batch["labels"].float().cpu())
         loss_sum += float(out.loss) * n
         total += n
     model.train(was_training)
     if batches and batches[0]["labels"].dim() == 2:
         loss = loss_sum / max(total, 1)
         return dict(eval_accuracy=math.nan, eval_loss=loss, eval_perplexity=math.exp(min(loss, 700.0)))
-    return dict(eval_accuracy=correct / total, eval_loss=loss_sum / total)
+    return dict(eval_loss=loss_sum / total, **task_metrics(torch.cat(predictions), torch.cat(targets),
+                                                           regression=batches[0]["labels"].is_floating_point()))
+
+
+def task_metrics(predictions: torch.Tensor, targets: torch.Tensor, *, regression: bool) -> dict[str, float]:
+    """GLUE's metrics from predicted classes (or values, ``regression``) and targets."""
+    if regression:
+        from scipy import stats
+
+        x, y = predictions.double().numpy(), targets.double().numpy()
+        constant = x.std() == 0 or y.std() == 0
+        return dict(eval_accuracy=math.nan,
+                    eval_pearson=math.nan if constant else float(stats.pearsonr(x, y).statistic),
+                    eval_spearman=math.nan if constant else float(stats.spearmanr(x, y).statistic))
+    values = dict(eval_accuracy=float((predictions == targets).double().mean()))
+    if int(targets.max()) <= 1 and int(predictions.max()) <= 1:  # two classes
+        tp = float(((predictions == 1) & (targets == 1)).sum())
+        tn = float(((predictions == 0) & (targets == 0)).sum())
+        fp = float(((predictions == 1) & (targets == 0)).sum())
+        fn = float(((predictions == 0) & (targets == 1)).sum())
+        denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        values["eval_mcc"] = (tp * tn - fp * fn) / denominator if denominator else 0.0  # sklearn's convention
+        values["eval_f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return values
 
 
 @torch.no_grad()
@@ -254,6 +288,6 @@ def run_one(
         train_seconds=step_seconds * config.steps / timed_steps, seconds_per_step=step_seconds / timed_steps,
         peak_memory_bytes=peak.peak_bytes, train_flops=flops_per_step * config.steps,
         eval_accuracy=results["eval_accuracy"], eval_loss=results["eval_loss"], device=str(device),
-        **{k: results[k] for k in LM_COLUMNS if k in results},
+        **{k: results.get(k, math.nan) for k in _extra_columns(inputs.eval_data.task)},
     )
     return RunResult(row, trainer.drift, curve)

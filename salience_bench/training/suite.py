@@ -65,18 +65,22 @@ def run_suite(
         result = run_one(method, metric or None, seed, config, inputs, progress=progress)
         runs.add({"drift": result.drift, "curve": result.curve, "rows": [result.row]})
         r = result.row
-        log(f"    accuracy {r['eval_accuracy']:.4f}, {r['seconds_per_step']:.3f} s/step, "
+        log(f"    accuracy {r['eval_accuracy']:.4f}"
+            + "".join(f", {k[5:]} {r[k]:.4f}" for k in ("eval_mcc", "eval_f1", "eval_pearson") if k in r)
+            + f", {r['seconds_per_step']:.3f} s/step, "
             f"trainable {r['trainable_params']:,} (+{r['head_params']:,} head)")
     return runs.tables["rows"], runs.tables["drift"], runs.tables["curve"]
 
 
-def summary_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean accuracy per run label with a 95% t-interval over seeds (half-width; NaN for one seed).
+def summary_frame(rows: pd.DataFrame, headline: str = "accuracy") -> pd.DataFrame:
+    """Mean of the headline metric per run label with a 95% t-interval over seeds (half-width; NaN for one seed).
 
-    ``measure`` names what the accuracy columns hold: ``accuracy`` (classification), ``exact match``
-    (a causal LM's generated answers) or, where no answers were generated, ``perplexity``."""
+    ``measure`` names what the accuracy columns hold: ``accuracy`` (classification), the task's own
+    ``headline`` metric where it has one (``mcc`` for CoLA, ``pearson`` for STS-B, see
+    ``data.HEADLINE_METRIC``), ``exact match`` (a causal LM's generated answers) or, where no answers were
+    generated, ``perplexity``."""
     labelled = rows.assign(run=run_labels(rows))
-    column, measure = "eval_accuracy", "accuracy"
+    column, measure = f"eval_{headline}", headline
     if "eval_perplexity" in rows:
         column, measure = (("eval_accuracy", "exact match") if rows["eval_accuracy"].notna().any()
                            else ("eval_perplexity", "perplexity"))
