@@ -160,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learning rate of sparse FT, LoRA and PiSSA (default: %(default)s)")
     train.add_argument("--full-lr", type=_positive_float, default=5e-5,
                        help="learning rate of full fine-tuning (default: %(default)s)")
+    train.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant",
+                       help="constant, or linear decay to 0 at the last step (default: %(default)s)")
+    train.add_argument("--warmup-ratio", type=_non_negative_float, default=0.0,
+                       help="fraction of the steps over which the rate warms up linearly from 0 (default: %(default)s)")
+    train.add_argument("--lora-alpha-ratio", type=_positive_float, default=2.0,
+                       help="LoRA and PiSSA scaling α = ratio · r (default: %(default)s; SPEFT's GLUE recipe: 1)")
     train.add_argument("--train-batch-size", type=_positive_int, default=32, help="default: %(default)s")
     train.add_argument("--no-group-by-length", action="store_true",
                        help="plain random batches (default: batches of similar-length examples, shuffled, as Hugging "

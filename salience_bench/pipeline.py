@@ -38,7 +38,7 @@ from .scoring import Scores, check_sum_dtype, score
 from .sharding import shard_model
 from .stats import chance_jaccard
 from .training.methods import list_baselines
-from .training.loop import RunInputs, TrainConfig
+from .training.loop import LR_SCHEDULES, RunInputs, TrainConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
 Log = Callable[..., None]
@@ -70,6 +70,9 @@ class TrainingPlan:
     mask_update_every: int | None = None
     group_by_length: bool = True
     eval_examples: int = 0  # causal LMs: greedy-decoded exact match on this many evaluation examples (GSM8K answers)
+    lr_schedule: str = "constant"  # or "linear" decay to 0
+    warmup_ratio: float = 0.0
+    lora_alpha_ratio: float = 2.0  # α = ratio · r for LoRA and PiSSA
 
     def __post_init__(self) -> None:
         baselines = tuple(dict.fromkeys(self.baselines))
@@ -82,7 +85,11 @@ class TrainingPlan:
         unknown = [b for b in self.baselines if b not in list_baselines()]
         if unknown:
             raise SalienceBenchError(f"unknown baseline {unknown[0]!r}; valid: {', '.join(list_baselines())}")
-        for name in ("lr", "full_lr", "weight_decay"):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise SalienceBenchError(f"unknown lr schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+        if not (is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
+            raise SalienceBenchError(f"warmup-ratio {self.warmup_ratio!r} must be in [0, 1)")
+        for name in ("lr", "full_lr", "weight_decay", "lora_alpha_ratio"):
             value = getattr(self, name)
             if not (is_number(value) and math.isfinite(value) and value >= 0 and (value > 0 or name == "weight_decay")):
                 raise SalienceBenchError(f"{name.replace('_', '-')} {value!r} must be a finite number "
@@ -98,7 +105,8 @@ class TrainingPlan:
             mask=compare.mask, score_batches=compare.batches, score_batch_size=compare.batch_size,
             score_options=dict(compare.score_options), mask_update_every=self.mask_update_every,
             include=compare.include, exclude=compare.exclude, group_by_length=self.group_by_length,
-            chat_template=compare.chat_template, eval_examples=self.eval_examples,
+            chat_template=compare.chat_template, eval_examples=self.eval_examples, lr_schedule=self.lr_schedule,
+            warmup_ratio=self.warmup_ratio, lora_alpha_ratio=self.lora_alpha_ratio,
         )
         config.validate()
         return config

@@ -12,6 +12,7 @@ from salience_bench.training import (
     DRIFT_COLUMNS,
     SparseDeltaEngine,
     SparseDeltaLinear,
+    TrainConfig,
     freeze_all_but,
     head_parameters,
     matched_lora_rank,
@@ -189,6 +190,9 @@ def test_train_cli_writes_downstream_and_drift_and_resumes(tiny_model_dir, tmp_p
         (["--baselines", "qlora"], "unknown baseline 'qlora'"),
         (["--lr", "-1"], "-1 must be a finite number > 0"),
         (["--seeds", "a,b"], "not a comma-separated list"),
+        (["--warmup-ratio", "1.5"], "warmup-ratio 1.5 must be in [0, 1)"),
+        (["--lr-schedule", "cosine"], "invalid choice: 'cosine'"),
+        (["--lora-alpha-ratio", "0"], "0 must be a finite number > 0"),
     ],
 )
 def test_bad_training_input_exits_2(tiny_model_dir, tmp_path, extra, message):
@@ -264,3 +268,34 @@ def test_every_method_runs_through_the_one_loop_and_a_new_method_is_one_class(mo
     # peft's sparse methods at the same budget: SHiRA exactly LoRA's count, Super-Tuning the mask's density per layer.
     assert rows["shira"]["trainable_params"] == rows["lora"]["trainable_params"]
     assert abs(rows["supertuning"]["trainable_params"] - rows["sparse"]["trainable_params"]) <= 0.01 * rows["sparse"]["trainable_params"] + 12
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_learning_rate_schedules_warm_up_then_hold_or_decay(schedule):
+    steps, warmup = 20, 0.25
+    config = TrainConfig(steps=steps, lr_schedule=schedule, warmup_ratio=warmup)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule_ = config.scheduler(optimizer)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])  # the rate the k-th optimizer step uses
+        optimizer.step()
+        schedule_.step()
+    w = round(warmup * steps)
+    for k, rate in enumerate(rates):  # the published linear warm-up / decay, step by step
+        expected = k / w if k < w else (1.0 if schedule == "constant" else (steps - k) / (steps - w))
+        assert rate == pytest.approx(0.1 * expected), (k, rate)
+
+
+def test_lora_alpha_ratio_sets_peft_scaling():
+    from salience_bench.training.methods import get_method
+    from salience_bench.training.methods.base import RunSetup
+
+    model = tiny_bert()
+    config = TrainConfig(lora_alpha_ratio=1.0, mask=sb.MaskSpec(density=0.05))
+    setup = RunSetup(model=model, tokenizer=None, params=sb.eligible_parameters(model), head=head_parameters(model),
+                     metric=None, seed=0, config=config, train_data=None, device=torch.device("cpu"))
+    method = get_method("lora")(setup)
+    wrapped = method.prepare()
+    scalings = [m.scaling["default"] for m in wrapped.modules() if hasattr(m, "scaling") and isinstance(m.scaling, dict)]
+    assert scalings and all(s == pytest.approx(1.0) for s in scalings)  # α / r = 1: SPEFT's α = r

@@ -33,6 +33,7 @@ DOWNSTREAM_COLUMNS = [
 ]
 DRIFT_COLUMNS = ["metric", "seed", "step", "jaccard_initial", "jaccard_previous", "ever_selected", "ever_selected_fraction"]
 CURVE_COLUMNS = ["method", "metric", "mask_schedule", "seed", "step", "eval_accuracy", "eval_loss"]
+LR_SCHEDULES = ("constant", "linear")
 LM_COLUMNS = ["eval_perplexity"]  # added for causal LMs, whose eval_accuracy is the exact match of generated answers
 # added for classifiers: two-class MCC and F1 (CoLA, MRPC), a regression head's correlations (STS-B); NaN elsewhere
 TASK_COLUMNS = ["eval_mcc", "eval_f1", "eval_pearson", "eval_spearman"]
@@ -72,6 +73,9 @@ class TrainConfig:
     eval_examples: int = 0  # causal LMs: greedy-decoded exact match of the final number on this many eval examples
     max_new_tokens: int = 256  # … generating at most this many tokens each
     fixed_masks: dict = field(default_factory=dict)  # "file:<stem>" → a saved mask, trained as a metric's
+    lr_schedule: str = "constant"  # or "linear": decay to 0 at the last step (transformers' schedules)
+    warmup_ratio: float = 0.0  # the first round(ratio · steps) steps warm the rate up linearly from 0
+    lora_alpha_ratio: float = 2.0  # LoRA and PiSSA: α = ratio · r (SPEFT's GLUE recipe: α = r, ratio 1)
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "max_length", "eval_batch_size", "score_batches", "score_batch_size"):
@@ -81,9 +85,23 @@ class TrainConfig:
             raise SalienceBenchError(f"mask-update-every must be ≥ 1 (or omitted for a static mask), got {self.mask_update_every}")
         if self.eval_every < 0:
             raise SalienceBenchError(f"eval-every must be ≥ 0, got {self.eval_every}")
-        for name in ("lr", "full_lr"):
+        for name in ("lr", "full_lr", "lora_alpha_ratio"):
             if not getattr(self, name) > 0:
                 raise SalienceBenchError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise SalienceBenchError(f"unknown lr schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise SalienceBenchError(f"warmup-ratio must be in [0, 1), got {self.warmup_ratio!r}")
+
+    def scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        """transformers' schedule for this run: linear warm-up over ``warmup_ratio`` of the steps, then constant
+        or a linear decay to 0 at the last step."""
+        import transformers
+
+        warmup = round(self.warmup_ratio * self.steps)
+        if self.lr_schedule == "linear":
+            return transformers.get_linear_schedule_with_warmup(optimizer, warmup, self.steps)
+        return transformers.get_constant_schedule_with_warmup(optimizer, warmup)
 
     @property
     def scope(self) -> str:
@@ -237,6 +255,7 @@ def run_one(
     losses: list[torch.Tensor] = []
     with PeakMemory(device) as peak:
         optimizer = torch.optim.AdamW(opt_params, lr=trainer.learning_rate(), weight_decay=config.weight_decay)
+        schedule = config.scheduler(optimizer)
 
         def step(batch: dict) -> None:
             loss = model(**batch).loss
@@ -245,6 +264,7 @@ def run_one(
             (loss * distributed.loss_share(_units(batch))).backward()
             distributed.average_gradients_(opt_params)  # only the trainable state travels: O(k) for sparse
             optimizer.step()
+            schedule.step()
             optimizer.zero_grad(set_to_none=True)
             trainer.after_optimizer_step()
             losses.append(loss.detach())

@@ -73,7 +73,8 @@ class LoRA(TrainingMethod):
     def prepare(self) -> nn.Module:
         self.rank = matched_lora_rank(self.setup.target_count, self.setup.params)
         freeze_all_but(self.setup.model, {})
-        self.model = wrap_lora(self.setup.model, self.setup.params, rank=self.rank, init=self.init)
+        self.model = wrap_lora(self.setup.model, self.setup.params, rank=self.rank, init=self.init,
+                               alpha=self.config.lora_alpha_ratio * self.rank)
         return self.model
 
     def trainable_count(self) -> int:
