@@ -28,10 +28,11 @@ def parser(study: str, question: str) -> argparse.ArgumentParser:
     return p
 
 
-def start(study: str, question: str, argv=None):
-    """(args, device, output folder, start time) for a study, with transformers kept quiet."""
+def start(study: str, question: str, argv=None, arguments: argparse.ArgumentParser | None = None):
+    """(args, device, output folder, start time) for a study, with transformers kept quiet; ``arguments``: the
+    study's own parser (built on :func:`parser`) when it adds options."""
     started = time.time()
-    args = parser(study, question).parse_args(argv)
+    args = (arguments or parser(study, question)).parse_args(argv)
     quiet_transformers()
     try:
         device = sb.resolve_device(args.device)
@@ -105,7 +106,8 @@ def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str
     def run_id(spec: dict) -> str:
         return "|".join(f"{k}={spec[k]}" for k in sorted(spec))
 
-    runs = RunLog(out, {"drift": f"{name}_drift.csv", "rows": f"{name}.csv"}, key=lambda row: row["run_id"])
+    runs = RunLog(out, {"drift": f"{name}_drift.csv", "curve": f"{name}_curve.csv", "rows": f"{name}.csv"},
+                  key=lambda row: row["run_id"])  # the main table ("rows") last: a run is done once its row is written
     done = runs.done
     for n, spec in enumerate(specs, 1):
         if run_id(spec) in done:
@@ -116,5 +118,6 @@ def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str
                          RunInputs(loader(model, train.num_labels), train, evaluation, device), progress=False)
         labels = {k: v for k, v in spec.items() if k not in result.row}
         runs.add({"drift": [{**d, "run_id": run_id(spec)} for d in result.drift],
+                  "curve": [{**labels, **c, "run_id": run_id(spec)} for c in result.curve],
                   "rows": [{**labels, **result.row, "run_id": run_id(spec)}]})
     return runs.tables["rows"], runs.tables["drift"]

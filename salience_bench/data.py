@@ -198,6 +198,24 @@ def _read_prompts(name: str, split: str) -> PromptDataset:
     return PromptDataset(name, split, prompts, completions)
 
 
+def hold_out(data: Dataset, fraction: float = 0.1, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(the rest, a seeded held-out ``fraction``) of a split: tune on the second, never on the reported split."""
+    if not 0 < fraction < 1:
+        raise SalienceBenchError(f"held-out fraction must be in (0, 1), got {fraction!r}")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
+    size = max(1, round(fraction * len(data)))
+    held, rest = sorted(order[:size]), sorted(order[size:])
+
+    def subset(index: list[int], split: str) -> Dataset:
+        if isinstance(data, PromptDataset):
+            return PromptDataset(data.name, split, [data.prompts[i] for i in index], [data.completions[i] for i in index])
+        return TextDataset(data.name, split, [data.texts[i] for i in index], [data.labels[i] for i in index],
+                           second=[data.second[i] for i in index] if data.second is not None else None,
+                           regression=data.regression)
+
+    return subset(rest, f"{data.split}-rest"), subset(held, f"{data.split}-heldout")
+
+
 def check_dataset_name(name: str) -> str:
     """``name`` if it names a dataset this package can load (no loading yet), else a clear error."""
     known = name in BUNDLED or name in PROMPT_BUNDLED if isinstance(name, str) else False

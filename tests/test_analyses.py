@@ -14,6 +14,7 @@ STUDIES = {
     "density_sweep": ("summary.csv", ["accuracy_vs_density"]),
     "static_vs_dynamic": ("summary.csv", ["accuracy", "drift"]),
     "sparse_vs_lora_vs_full": ("summary.csv", ["accuracy"]),
+    "fair_speft": ("verdicts.csv", ["summary"]),
 }
 
 
@@ -33,3 +34,17 @@ def test_study_runs_in_quick_mode(study, tiny_model_dir, tmp_path):
     readme = (out / "README.md").read_text()
     assert "## Verdict" in readme and "**" in readme and "command:" in readme
     assert "holds" in readme.lower() or "does not hold" in readme.lower()
+
+
+def test_fair_speft_decision_rule_and_pairing():
+    sys.path.insert(0, str(ROOT / "analyses"))
+    import fair_speft
+
+    assert fair_speft.verdict([0.01, 0.012, 0.011])[0] == "holds"
+    assert fair_speft.verdict([-0.02, -0.021, -0.019])[0] == "does not hold"
+    assert fair_speft.verdict([-0.02, 0.03, 0.0])[0] == "inconclusive"
+    assert fair_speft.verdict([0.5])[0] == "inconclusive"  # one seed: no interval
+    low = fair_speft.verdict([-0.004, -0.003, -0.0035])  # below 0 but within the 0.5-point margin: holds
+    assert low[0] == "holds" and low[2] > -0.005
+    rows = pd.DataFrame(dict(seed=[0, 0, 1, 1, 2], arm=["a", "b", "a", "b", "a"], headline=[0.8, 0.7, 0.6, 0.65, 0.9]))
+    assert fair_speft.paired(rows, "a", "b", "headline") == pytest.approx([0.1, -0.05])  # seed 2 has no partner
