@@ -77,11 +77,18 @@ def main(argv=None) -> None:
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated (default: all six)")
     p.add_argument("--seeds", type=int, default=5, help="final seeds per arm (default: 5)")
     p.add_argument("--sweep-seeds", type=int, default=2, help="seeds per rate in the sweep (default: 2)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated from {', '.join(ARMS)} (default: all)")
     p.add_argument("--rank", type=int, default=SPEFT_RANK, help="LoRA rank whose count every arm matches (default: 8)")
     p.add_argument("--batch-size", type=int, default=32)
     args, device, out, started = _common.start(STUDY, "", argv, arguments=p)
-    tasks = ["rte", "stsb"] if args.quick else args.tasks.split(",")
-    arms = {k: ARMS[k] for k in (("sparse grad", "lora") if args.quick else ARMS)}
+    tasks = ["rte", "stsb"] if args.quick else [t.strip() for t in args.tasks.split(",")]
+    if any(t not in TASKS for t in tasks):
+        p.error(f"--tasks {args.tasks!r}: valid tasks are {', '.join(TASKS)}")
+    chosen_arms = ("sparse grad", "lora") if args.quick else tuple(a.strip() for a in args.arms.split(","))
+    unknown = [a for a in chosen_arms if a not in ARMS]
+    if unknown or not {"sparse grad", "lora"} <= set(chosen_arms):
+        p.error(f"--arms {args.arms!r}: valid arms are {', '.join(ARMS)}, and 'sparse grad' and 'lora' are required")
+    arms = {k: ARMS[k] for k in chosen_arms}
     seeds, sweep_seeds = (2, 1) if args.quick else (args.seeds, args.sweep_seeds)
     batch = 8 if args.quick else args.batch_size
     rates = {m: (r[1], r[-1]) if args.quick else r for m, r in RATES.items()}

@@ -7,8 +7,8 @@ import torch
 import salience_bench as sb
 from salience_bench import compare
 from salience_bench.scorers import registry
+from salience_bench.training.loop import downstream_columns
 from salience_bench.training import (
-    DOWNSTREAM_COLUMNS,
     DRIFT_COLUMNS,
     SparseDeltaEngine,
     SparseDeltaLinear,
@@ -162,7 +162,7 @@ def test_train_cli_writes_downstream_and_drift_and_resumes(tiny_model_dir, tmp_p
                      "--mask-update-every", "2", "--seeds", "0,1", "--baselines", "full,lora,pissa")
     assert compare.main(args) == 0
     rows = pd.read_csv(out / "downstream.csv")
-    assert list(rows.columns) == DOWNSTREAM_COLUMNS
+    assert list(rows.columns) == downstream_columns("classification")
     assert len(rows) == 2 * (2 + 3)
     assert sorted(set(rows.method)) == ["full", "lora", "pissa", "sparse"]
     sparse = rows[rows.method == "sparse"]
@@ -261,7 +261,7 @@ def test_every_method_runs_through_the_one_loop_and_a_new_method_is_one_class(mo
                            torch.device("cpu"))
         result = run_one(method, "grad", 0, config, inputs, progress=False)
         rows[method] = result.row
-        assert list(result.row) == DOWNSTREAM_COLUMNS
+        assert list(result.row) == downstream_columns("classification")
     assert rows["head_only"]["trainable_params"] == 0 and rows["head_only"]["metric"] == ""
     assert rows["sparse"]["metric"] == "grad" and rows["sparse"]["mask_schedule"] == "static"
     assert rows["lora"]["lora_rank"] >= 1 and rows["full"]["density"] == 1.0
