@@ -61,8 +61,11 @@ def fmt_ci(mean: float, half: float) -> str:
 
 
 def write_readme(path: Path, title: str, question: str, verdict: list[str], args, device: torch.device,
-                 started: float, tables: dict[str, pd.DataFrame] | None = None, figures: list[str] = ()) -> None:
-    """The study's README: question, verdict with numbers, the exact command and the device."""
+                 started: float, tables: dict[str, pd.DataFrame] | None = None, figures: list[str] = (),
+                 runs: pd.DataFrame | None = None) -> None:
+    """The study's README: question, verdict with numbers, the exact command and the device. With ``runs`` (every
+    finished run, resumed ones included) it also states their summed training time: a resumed invocation's wall
+    time alone would understate the study."""
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     lines = [f"# {title}", "", f"**Question.** {question}", "", "## Verdict", "", *verdict, ""]
     for fig in figures:
@@ -72,7 +75,10 @@ def write_readme(path: Path, title: str, question: str, verdict: list[str], args
     lines += [
         "## How this was made", "",
         f"- command: `python {' '.join(['analyses/' + Path(sys.argv[0]).name, *sys.argv[1:]])}`",
-        f"- device: {device_name}; torch {torch.__version__}; {time.time() - started:.0f} s",
+        f"- device: {device_name}; torch {torch.__version__}; {time.time() - started:.0f} s for this invocation"
+        + (f"; the {len(runs)} runs' training time sums to {runs['train_seconds'].astype(float).sum():.0f} s "
+           "(train_seconds; scoring, evaluation and loading not included)"
+           if runs is not None and "train_seconds" in runs else ""),
         f"- mode: {'quick (few metrics, seeds and steps: a smoke test, not evidence)' if args.quick else 'full'}",
         f"- salience_bench commit: {report_io.git_commit() or 'unknown'}",
         "- intervals: 95% t-intervals over seeds (mean ± half-width)", "",

@@ -82,7 +82,7 @@ def main(argv=None) -> None:
             f"**{'holds' if beats_lora else 'does not hold'}**."
         )
     _common.write_readme(out, "Accuracy vs density", __doc__.replace("\n", " "), verdict, args, device, started,
-                         tables={"Summary": summary.round(4)}, figures=["accuracy_vs_density"])
+                         tables={"Summary": summary.round(4)}, figures=["accuracy_vs_density"], runs=rows)
     print("\n".join(verdict))
 
 

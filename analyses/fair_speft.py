@@ -183,7 +183,8 @@ def main(argv=None) -> None:
     _common.save(fig, out, "summary")
     _common.write_readme(out, "A fair test of the SPEFT claims", __doc__.split("\n\n")[0].replace("\n", " "), lines,
                          args, device, started, tables={"Verdicts": verdict_table.round(4), "Chosen rates": chosen,
-                                                        "Summary": summary.round(4)}, figures=["summary"])
+                                                        "Summary": summary.round(4)}, figures=["summary"],
+                         runs=pd.concat([sweep, rows], ignore_index=True))
     print("\n".join(lines))
 
 

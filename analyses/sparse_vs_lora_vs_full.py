@@ -71,7 +71,7 @@ def main(argv=None) -> None:
             f"peak memory sparse/LoRA/full: {sparse.peak_memory_MiB:.0f}/{lora.peak_memory_MiB:.0f}/{full.peak_memory_MiB:.0f} MiB."
         )
     _common.write_readme(out, "Sparse vs LoRA vs full fine-tuning", __doc__.replace("\n", " "), verdict, args, device,
-                         started, tables={"Headline table": table.round(4)}, figures=["accuracy"])
+                         started, tables={"Headline table": table.round(4)}, figures=["accuracy"], runs=rows)
     print("\n".join(verdict))
 
 

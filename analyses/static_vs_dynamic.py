@@ -83,7 +83,7 @@ def main(argv=None) -> None:
     fig.tight_layout()
     _common.save(fig, out, "accuracy")
     _common.write_readme(out, "Static vs dynamic masks", __doc__.replace("\n", " "), verdict, args, device, started,
-                         tables={"Summary": summary.round(4)}, figures=["accuracy", "drift"] if len(drift) else ["accuracy"])
+                         tables={"Summary": summary.round(4)}, figures=["accuracy", "drift"] if len(drift) else ["accuracy"], runs=rows)
     print("\n".join(verdict))
 
 
