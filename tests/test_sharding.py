@@ -15,7 +15,7 @@ from salience_bench.sharding import shard_model
 from .conftest import tiny_batches, tiny_bert
 
 METRICS = ["grad", "snip", "fisher", "wanda", "magnitude", "random"]
-BATCHES = 4
+BATCHES = 6  # whole batches per rank on 2 and on 3 ranks
 
 
 def tiny_llama():
@@ -65,10 +65,10 @@ def _worker(rank, world, init_file, out_file, which):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("which", ["bert", "llama"])
-def test_sharded_scores_and_masks_equal_unsharded(tmp_path, which):
+@pytest.mark.parametrize("which, world", [("bert", 2), ("llama", 2), ("llama", 3)])
+def test_sharded_scores_and_masks_equal_unsharded(tmp_path, which, world):
     out_file = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out_file), which), nprocs=2, join=True)
+    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(out_file), which), nprocs=world, join=True)
     sharded_scores, sharded_masks = torch.load(out_file)
     torch.set_num_threads(1)
     build, make = MODELS[which]
