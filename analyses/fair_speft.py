@@ -7,7 +7,7 @@ Protocol (fixed before any run):
   learning rates are chosen on the held-out 10% only; results are reported on the validation split
   (AG News: test), which no choice ever sees.
 - Arms at LoRA's trainable count at rank r, layer by layer (r·(m+n) per tensor; the head is trained
-  densely at the same rate by every arm): sparse fine-tuning with grad, fisher and random masks
+  densely by every arm at one shared rate, `--head-lr`, 1e-3 by default): sparse fine-tuning with grad, fisher and random masks
   (random is the control; `--scope lora`), LoRA and PiSSA at rank r, peft's SHiRA (random, r·(m+n) per
   layer) and Super-Tuning (per-layer magnitude top-k at the mask's density), and full fine-tuning.
 - Rates: a sweep per method (sparse-like 5e-4…1e-2, LoRA/PiSSA 1e-4…2e-3, full 2e-5…1e-4); the best mean
@@ -80,6 +80,7 @@ def main(argv=None) -> None:
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated from {', '.join(ARMS)} (default: all)")
     p.add_argument("--rank", type=int, default=SPEFT_RANK, help="LoRA rank whose count every arm matches (default: 8)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--head-lr", type=float, default=1e-3, help="the task head's rate in every arm (default: 1e-3)")
     args, device, out, started = _common.start(STUDY, "", argv, arguments=p)
     tasks = ["rte", "stsb"] if args.quick else [t.strip() for t in args.tasks.split(",")]
     if any(t not in TASKS for t in tasks):
@@ -107,6 +108,7 @@ def main(argv=None) -> None:
                            warmup_ratio=0.06, eval_every=max(1, steps // (2 if args.quick else 10)), score_batch_size=batch,
                            score_batches=2 if args.quick else 8, mask=sb.MaskSpec(scope="lora", rank=args.rank),
                            lora_alpha_ratio=1.0 if recipe else 2.0, include=SPEFT_INCLUDE if recipe else None,
+                           head_lr=args.head_lr,
                            max_length=128 if not args.quick else 32)
 
     def spec(task, arm, lr, seed, split, recipe="fair"):

@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learning rate of sparse FT, LoRA and PiSSA (default: %(default)s)")
     train.add_argument("--full-lr", type=_positive_float, default=5e-5,
                        help="learning rate of full fine-tuning (default: %(default)s)")
+    train.add_argument("--head-lr", type=_positive_float, default=None,
+                       help="one learning rate for the task head of every method (default: each method's own rate)")
     train.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant",
                        help="constant, or linear decay to 0 at the last step (default: %(default)s)")
     train.add_argument("--warmup-ratio", type=_non_negative_float, default=0.0,

@@ -25,7 +25,7 @@ def config_from_args(args: argparse.Namespace) -> sb.CompareConfig:
         lr=args.lr, full_lr=args.full_lr, batch_size=args.train_batch_size, weight_decay=args.weight_decay,
         eval_every=args.eval_every or 0, mask_update_every=args.mask_update_every,
         group_by_length=not args.no_group_by_length, eval_examples=args.eval_examples, lr_schedule=args.lr_schedule,
-        warmup_ratio=args.warmup_ratio, lora_alpha_ratio=args.lora_alpha_ratio,
+        warmup_ratio=args.warmup_ratio, lora_alpha_ratio=args.lora_alpha_ratio, head_lr=args.head_lr,
     ) if args.train else None
     return sb.CompareConfig(
         metrics=args.metrics, model=args.model, dataset=args.dataset, include=args.include,

@@ -73,6 +73,7 @@ class TrainingPlan:
     lr_schedule: str = "constant"  # or "linear" decay to 0
     warmup_ratio: float = 0.0
     lora_alpha_ratio: float = 2.0  # α = ratio · r for LoRA and PiSSA
+    head_lr: float | None = None  # one rate for every method's task head (None: each method's own rate)
 
     def __post_init__(self) -> None:
         baselines = tuple(dict.fromkeys(self.baselines))
@@ -89,7 +90,7 @@ class TrainingPlan:
             raise SalienceBenchError(f"unknown lr schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
         if not (is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
             raise SalienceBenchError(f"warmup-ratio {self.warmup_ratio!r} must be in [0, 1)")
-        for name in ("lr", "full_lr", "weight_decay", "lora_alpha_ratio"):
+        for name in ("lr", "full_lr", "weight_decay", "lora_alpha_ratio", *(("head_lr",) if self.head_lr is not None else ())):
             value = getattr(self, name)
             if not (is_number(value) and math.isfinite(value) and value >= 0 and (value > 0 or name == "weight_decay")):
                 raise SalienceBenchError(f"{name.replace('_', '-')} {value!r} must be a finite number "
@@ -106,7 +107,7 @@ class TrainingPlan:
             score_options=dict(compare.score_options), mask_update_every=self.mask_update_every,
             include=compare.include, exclude=compare.exclude, group_by_length=self.group_by_length,
             chat_template=compare.chat_template, eval_examples=self.eval_examples, lr_schedule=self.lr_schedule,
-            warmup_ratio=self.warmup_ratio, lora_alpha_ratio=self.lora_alpha_ratio,
+            warmup_ratio=self.warmup_ratio, lora_alpha_ratio=self.lora_alpha_ratio, head_lr=self.head_lr,
         )
         config.validate()
         return config

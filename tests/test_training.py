@@ -299,3 +299,29 @@ def test_lora_alpha_ratio_sets_peft_scaling():
     wrapped = method.prepare()
     scalings = [m.scaling["default"] for m in wrapped.modules() if hasattr(m, "scaling") and isinstance(m.scaling, dict)]
     assert scalings and all(s == pytest.approx(1.0) for s in scalings)  # α / r = 1: SPEFT's α = r
+
+
+@pytest.mark.parametrize("name", ["sparse", "full", "lora", "pissa", "shira", "supertuning"])
+def test_every_method_finds_its_head_for_a_shared_head_rate(name):
+    from salience_bench.training.loop import parameter_groups
+    from salience_bench.training.methods import get_method
+    from salience_bench.training.methods.base import RunSetup
+
+    model = tiny_bert()
+    head_size = sum(p.numel() for p in head_parameters(model).values())
+    config = TrainConfig(mask=sb.MaskSpec(density=0.05), score_batches=1, score_batch_size=4, head_lr=3e-3)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(sb.models.bundled_model_path()))
+    setup = RunSetup(model=model, tokenizer=tokenizer, params=sb.eligible_parameters(model), head=head_parameters(model),
+                     metric="magnitude", seed=0, config=config, train_data=sb.load_dataset("sst2", "validation"),
+                     device=torch.device("cpu"))  # magnitude: the mask needs no forward pass
+    method = get_method(name)(setup)
+    method.prepare()
+    heads = method.head_parameters()
+    assert sum(p.numel() for p in heads) == head_size and all(p.requires_grad for p in heads)
+    params = method.parameters()
+    groups = parameter_groups(method, params, config.head_lr)
+    assert [g.get("lr") for g in groups] == [None, 3e-3]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in heads}
+    assert sum(len(g["params"]) for g in groups) == len(params)

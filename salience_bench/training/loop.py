@@ -76,6 +76,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # or "linear": decay to 0 at the last step (transformers' schedules)
     warmup_ratio: float = 0.0  # the first round(ratio · steps) steps warm the rate up linearly from 0
     lora_alpha_ratio: float = 2.0  # LoRA and PiSSA: α = ratio · r (SPEFT's GLUE recipe: α = r, ratio 1)
+    head_lr: float | None = None  # the task head's rate for every method (None: the method's own rate)
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "max_length", "eval_batch_size", "score_batches", "score_batch_size"):
@@ -85,6 +86,8 @@ class TrainConfig:
             raise SalienceBenchError(f"mask-update-every must be ≥ 1 (or omitted for a static mask), got {self.mask_update_every}")
         if self.eval_every < 0:
             raise SalienceBenchError(f"eval-every must be ≥ 0, got {self.eval_every}")
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise SalienceBenchError(f"head-lr must be > 0, got {self.head_lr}")
         for name in ("lr", "full_lr", "lora_alpha_ratio"):
             if not getattr(self, name) > 0:
                 raise SalienceBenchError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
@@ -208,6 +211,16 @@ def exact_match(model: nn.Module, tokenizer, data: PromptDataset, *, examples: i
     return hits / max(examples, 1)
 
 
+def parameter_groups(trainer, params: list[nn.Parameter], head_lr: float | None) -> list[dict]:
+    """The optimizer's groups: the method's parameters at its rate, and (``head_lr``) the head at that rate."""
+    if head_lr is None:
+        return [{"params": params}]
+    heads = {id(p) for p in trainer.head_parameters()}
+    groups = [{"params": [p for p in params if id(p) not in heads]},
+              {"params": [p for p in params if id(p) in heads], "lr": head_lr}]
+    return [g for g in groups if g["params"]]
+
+
 def _units(batch: dict) -> int:
     units = loss_units(batch)
     return int(units.sum()) if units is not None else batch_examples(batch)
@@ -254,7 +267,8 @@ def run_one(
     step_seconds = 0.0
     losses: list[torch.Tensor] = []
     with PeakMemory(device) as peak:
-        optimizer = torch.optim.AdamW(opt_params, lr=trainer.learning_rate(), weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(parameter_groups(trainer, opt_params, config.head_lr), lr=trainer.learning_rate(),
+                                      weight_decay=config.weight_decay)
         schedule = config.scheduler(optimizer)
 
         def step(batch: dict) -> None:

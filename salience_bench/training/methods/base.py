@@ -81,6 +81,12 @@ class TrainingMethod:
     def learning_rate(self) -> float:
         return self.config.lr
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The trainable task-head parameters of the prepared model (a peft wrapper's trainable copy included), so
+        that every method can train its head at one shared rate (``TrainConfig.head_lr``)."""
+        return [p for n, p in self.model.named_parameters()
+                if p.requires_grad and any(fnmatch.fnmatchcase(n, "*" + pat) for pat in HEAD_PATTERNS)]
+
     def trainable_count(self) -> int:
         """Trainable weights of the method itself, the head excluded."""
         raise NotImplementedError
