@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 
 import _common  # noqa: E402
 import salience_bench as sb  # noqa: E402
-from salience_bench.data import EVAL_SPLIT, HEADLINE_METRIC, hold_out  # noqa: E402
+from salience_bench.data import EVAL_SPLIT, headline_metric, hold_out  # noqa: E402
 from salience_bench.report import figures  # noqa: E402
 from salience_bench.report import io as report_io  # noqa: E402
 from salience_bench.stats import mean_ci  # noqa: E402
@@ -62,6 +62,11 @@ def verdict(differences: list[float]) -> tuple[str, float, float, float]:
     if math.isnan(half):
         return "inconclusive", mean, low, high
     return ("holds" if low > -MARGIN else "does not hold" if high < 0 else "inconclusive"), mean, low, high
+
+
+def with_headline(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with a ``headline`` column: each run's task metric (accuracy, CoLA's MCC, STS-B's Pearson)."""
+    return rows.assign(headline=[row[f"eval_{headline_metric(row['task'])}"] for row in rows.to_dict("records")])
 
 
 def paired(rows: pd.DataFrame, a: str, b: str, column: str) -> list[float]:
@@ -120,8 +125,7 @@ def main(argv=None) -> None:
     sweep_specs = [spec(t, arm, lr, s, "tune") for t in tasks for arm, (method, _) in arms.items()
                    for lr in rates[method] for s in range(sweep_seeds)]
     sweep, _ = _common.run_grid(out, "sweep", sweep_specs, config, model=args.model, device=device, datasets=data)
-    sweep = sweep.assign(headline=[row[f"eval_{HEADLINE_METRIC.get(row['task'], 'accuracy')}"]
-                                   for row in sweep.to_dict("records")])
+    sweep = with_headline(sweep)
     sweep_table = sweep.groupby(["task", "arm", "lr"], as_index=False)["headline"].mean()
     chosen = sweep_table.loc[sweep_table.groupby(["task", "arm"])["headline"].idxmax()].reset_index(drop=True)
     report_io.write_csv(sweep_table, out / "sweep_summary.csv")
@@ -137,12 +141,12 @@ def main(argv=None) -> None:
                                 for s in range(seeds)]
     final_specs = list({_key(s): s for s in final_specs}.values())
     rows, _ = _common.run_grid(out, "runs", final_specs, config, model=args.model, device=device, datasets=data)
-    rows = rows.assign(headline=[row[f"eval_{HEADLINE_METRIC.get(row['task'], 'accuracy')}"] for row in rows.to_dict("records")])
+    rows = with_headline(rows)
 
     summary, verdicts = [], []
     for (task, arm), group in rows.groupby(["task", "arm"], sort=False):
         mean, half, n = mean_ci(group.headline)
-        summary.append(dict(task=task, arm=arm, measure=HEADLINE_METRIC.get(task, "accuracy"), seeds=n, mean=mean,
+        summary.append(dict(task=task, arm=arm, measure=headline_metric(task), seeds=n, mean=mean,
                             ci95=half, lr=group.lr.iloc[0], trainable=int(group.trainable_params.iloc[0])))
     summary = pd.DataFrame(summary)
     report_io.write_csv(summary, out / "summary.csv")

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, Union
+from typing import Any, ClassVar, Iterator, Mapping, NamedTuple, Union
 
 import torch
 
@@ -71,21 +71,32 @@ class PromptDataset:
 Dataset = Union[TextDataset, PromptDataset]
 
 
+class BundledText(NamedTuple):
+    files: dict[str, str]  # split → gzip TSV in salience_bench/_data
+    columns: tuple[str, ...]  # the text column, or a sentence pair's two
+    hub: str  # the same data on the hub
+    regression: bool = False  # float targets, a one-output head (STS-B)
+    headline: str = "accuracy"  # the metric papers report for the task
+
+
 def _glue(task: str) -> dict[str, str]:
     return {"train": f"{task}_train.tsv.gz", "validation": f"{task}_validation.tsv.gz"}
 
 
-# Bundled name → (split → gzip file in salience_bench/_data, text column(s), hub name for the same data)
 BUNDLED = {
-    "sst2": ({"train": "sst2_train.tsv.gz", "validation": "sst2_validation.tsv.gz"}, ("sentence",), "glue/sst2"),
-    "ag_news": ({"train": "ag_news_train_sample.tsv.gz", "test": "ag_news_test.tsv.gz"}, ("text",), "ag_news"),
-    "cola": (_glue("cola"), ("sentence",), "glue/cola"),  # report: Matthews correlation
-    "mrpc": (_glue("mrpc"), ("sentence1", "sentence2"), "glue/mrpc"),  # accuracy and F1
-    "rte": (_glue("rte"), ("sentence1", "sentence2"), "glue/rte"),  # accuracy
-    "stsb": (_glue("stsb"), ("sentence1", "sentence2"), "glue/stsb"),  # Pearson and Spearman (regression)
+    "sst2": BundledText({"train": "sst2_train.tsv.gz", "validation": "sst2_validation.tsv.gz"}, ("sentence",), "glue/sst2"),
+    "ag_news": BundledText({"train": "ag_news_train_sample.tsv.gz", "test": "ag_news_test.tsv.gz"}, ("text",), "ag_news"),
+    "cola": BundledText(_glue("cola"), ("sentence",), "glue/cola", headline="mcc"),
+    "mrpc": BundledText(_glue("mrpc"), ("sentence1", "sentence2"), "glue/mrpc"),  # F1 beside accuracy
+    "rte": BundledText(_glue("rte"), ("sentence1", "sentence2"), "glue/rte"),
+    "stsb": BundledText(_glue("stsb"), ("sentence1", "sentence2"), "glue/stsb", regression=True, headline="pearson"),
 }
-REGRESSION = {"stsb"}
-HEADLINE_METRIC = {"cola": "mcc", "stsb": "pearson"}  # the task's reported metric where it is not accuracy
+
+
+def headline_metric(name: str) -> str:
+    """The metric a dataset's results are reported in (``eval_<it>`` in downstream.csv): accuracy unless the
+    task has its own (CoLA: mcc, STS-B: pearson)."""
+    return BUNDLED[name].headline if name in BUNDLED else "accuracy"
 PROMPT_BUNDLED = {"gsm8k": {"train": "gsm8k_train.jsonl.gz", "test": "gsm8k_test.jsonl.gz"}}
 PROMPT_FIELDS = (("prompt", "completion"), ("question", "answer"), ("instruction", "output"))
 DATASET_CHOICES = (*BUNDLED, *PROMPT_BUNDLED, "jsonl:PATH", "hf:<name>[/<config>]")
@@ -115,15 +126,15 @@ def load_eval_dataset(name: str) -> Dataset:
 
 
 def _read_bundled(name: str, split: str) -> TextDataset:
-    files, columns, _ = BUNDLED[name]
-    if split not in files:
-        raise SalienceBenchError(f"dataset {name!r} has no split {split!r}; bundled splits: {', '.join(files)}")
-    raw = resources.files("salience_bench").joinpath("_data", files[split]).read_bytes()
+    spec = BUNDLED[name]
+    if split not in spec.files:
+        raise SalienceBenchError(f"dataset {name!r} has no split {split!r}; bundled splits: {', '.join(spec.files)}")
+    raw = resources.files("salience_bench").joinpath("_data", spec.files[split]).read_bytes()
     rows = list(csv.DictReader(io.StringIO(gzip.decompress(raw).decode("utf-8")), delimiter="\t", quoting=csv.QUOTE_NONE))
-    regression = name in REGRESSION
-    return TextDataset(name, split, [r[columns[0]] for r in rows],
-                       [float(r["label"]) if regression else int(r["label"]) for r in rows],
-                       second=[r[columns[1]] for r in rows] if len(columns) > 1 else None, regression=regression)
+    first, *second = spec.columns
+    return TextDataset(name, split, [r[first] for r in rows],
+                       [float(r["label"]) if spec.regression else int(r["label"]) for r in rows],
+                       second=[r[second[0]] for r in rows] if second else None, regression=spec.regression)
 
 
 def _read_hub(spec: str, split: str) -> TextDataset:

@@ -73,18 +73,20 @@ def all_reduce_sum_(tensors: Iterable[torch.Tensor]) -> None:
     bucket, never a second copy of the accumulators."""
     if not active():
         return
-    buckets: dict[tuple, list[torch.Tensor]] = {}
+    buckets: dict[tuple, tuple[list[torch.Tensor], list[int]]] = {}  # (dtype, device) → (tensors, [their bytes])
     for t in tensors:
-        if t.numel() * t.element_size() >= BUCKET_BYTES and t.is_contiguous():
+        size = t.numel() * t.element_size()
+        if size >= BUCKET_BYTES and t.is_contiguous():
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
             continue
-        key = (t.dtype, t.device)
-        bucket = buckets.setdefault(key, [])
-        if bucket and sum(b.numel() for b in bucket) * t.element_size() + t.numel() * t.element_size() > BUCKET_BYTES:
+        bucket, filled = buckets.setdefault((t.dtype, t.device), ([], [0]))
+        if bucket and filled[0] + size > BUCKET_BYTES:
             _reduce_flat(bucket)
             bucket.clear()
+            filled[0] = 0
         bucket.append(t)
-    for bucket in buckets.values():
+        filled[0] += size
+    for bucket, _ in buckets.values():
         if bucket:
             _reduce_flat(bucket)
 
@@ -103,15 +105,20 @@ def shard_rows_range(rows: int, ranks: int | None = None, of_rank: int | None = 
     (``torch.chunk``: ⌈rows/ranks⌉ per rank, the last ones shorter or empty)."""
     ranks = world_size() if ranks is None else ranks
     of_rank = rank() if of_rank is None else of_rank
-    chunk = -(-rows // ranks)
+    chunk = _rows_per_rank(rows, ranks)
     return min(of_rank * chunk, rows), min((of_rank + 1) * chunk, rows)
+
+
+def _rows_per_rank(rows: int, ranks: int) -> int:
+    """⌈rows / ranks⌉: the rows of every rank but the last ones under Shard(0), and the collectives' padded chunk."""
+    return -(-rows // ranks)
 
 
 def reduce_scatter_rows(full: torch.Tensor) -> torch.Tensor:
     """This rank's rows (FSDP2's Shard(0) layout) of ``full`` summed over the ranks."""
     ranks = world_size()
     rows = full.shape[0]
-    chunk = -(-rows // ranks)
+    chunk = _rows_per_rank(rows, ranks)
     padded = full.new_zeros((chunk * ranks, *full.shape[1:]))
     padded[:rows] = full
     out = full.new_empty((chunk, *full.shape[1:]))
@@ -124,7 +131,7 @@ def reduce_scatter_rows(full: torch.Tensor) -> torch.Tensor:
 def all_gather_rows(local: torch.Tensor, rows: int) -> torch.Tensor:
     """The whole tensor (``rows`` rows) from every rank's rows in FSDP2's Shard(0) layout, on every rank."""
     ranks = world_size()
-    chunk = -(-rows // ranks)
+    chunk = _rows_per_rank(rows, ranks)
     padded = local.new_zeros((chunk, *local.shape[1:]))
     padded[: local.shape[0]] = local
     out = local.new_empty((chunk * ranks, *local.shape[1:]))

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from . import analysis, distributed
-from .data import (HEADLINE_METRIC, Dataset, check_dataset_name, dataset_task, load_dataset, load_eval_dataset,
+from .data import (Dataset, check_dataset_name, dataset_task, headline_metric, load_dataset, load_eval_dataset,
                    make_batches)
 from .errors import SalienceBenchError, is_int, is_number
 from .masks import Mask, MaskSpec
@@ -38,7 +38,7 @@ from .scoring import Scores, check_sum_dtype, score
 from .sharding import shard_model
 from .stats import chance_jaccard
 from .training.methods import list_baselines
-from .training.loop import LR_SCHEDULES, RunInputs, TrainConfig
+from .training.loop import RunInputs, TrainConfig, check_schedule
 
 DTYPES = ("float32", "bfloat16", "float16")
 Log = Callable[..., None]
@@ -86,10 +86,7 @@ class TrainingPlan:
         unknown = [b for b in self.baselines if b not in list_baselines()]
         if unknown:
             raise SalienceBenchError(f"unknown baseline {unknown[0]!r}; valid: {', '.join(list_baselines())}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise SalienceBenchError(f"unknown lr schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
-        if not (is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
-            raise SalienceBenchError(f"warmup-ratio {self.warmup_ratio!r} must be in [0, 1)")
+        check_schedule(self.lr_schedule, self.warmup_ratio)
         for name in ("lr", "full_lr", "weight_decay", "lora_alpha_ratio", *(("head_lr",) if self.head_lr is not None else ())):
             value = getattr(self, name)
             if not (is_number(value) and math.isfinite(value) and value >= 0 and (value > 0 or name == "weight_decay")):
@@ -428,7 +425,7 @@ def run_downstream(result: Comparison, out_dir: Path, *, figures: bool = True, p
         inputs=RunInputs(load, data, eval_data, result.device), progress=progress, log=log,
     )
     files = [DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV]
-    summary = summary_frame(rows, HEADLINE_METRIC.get(config.dataset, "accuracy"))
+    summary = summary_frame(rows, headline_metric(config.dataset))
     if figures and distributed.is_main():
         files += _downstream_figures(out_dir / "figures", summary, drift, config, eval_data.split, result.device)
     return Downstream(rows=rows, summary=summary, eval_split=eval_data.split, files=files)

@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 from . import distributed
 from .accumulators import Accumulator, get_accumulator, with_dependencies
 from .accumulators import ABS_GRAD
-from .accumulators.base import is_sharded, local_tensor
+from .accumulators.base import is_sharded, local_tensor, sharded
 from .errors import SalienceBenchError
 from .model_state import ScoringMode, batch_loss, check_batch
 from .models import eligible_parameters
 from .runtime import available_memory, to_device
-from .sharding import ShardServer, check_sharded_batches, sharded, summed_gradient
+from .sharding import ShardServer, check_sharded_batches, summed_gradient
 from .scorers import ModelContext, TensorStats, get_scorer, resolve_metrics, resolve_options
 
 
@@ -169,9 +169,10 @@ def accumulate(
     _check_memory(params, order, sum_dtype)
     first = [get_accumulator(n).create(model, params, sum_dtype=sum_dtype) for n in order if not get_accumulator(n).after]
     later = [get_accumulator(n).create(model, params, sum_dtype=sum_dtype) for n in order if get_accumulator(n).after]
-    if later or sharded(params):
+    shards = sharded(params)
+    if later or shards:
         batches = list(batches)  # walked once per pass
-    if sharded(params):
+    if shards:
         check_sharded_batches(len(batches))
     desc = progress if isinstance(progress, str) else "scoring"
     device = local_tensor(next(iter(params.values()))).device
@@ -205,7 +206,7 @@ def check_sum_dtype(value: torch.dtype | str) -> torch.dtype:
 
 def _check_memory(params: Mapping[str, nn.Parameter], needs: Sequence[str], sum_dtype: torch.dtype) -> None:
     """Refuse before allocating when the parameter-shaped sums cannot fit in the device's free memory."""
-    per_param = [n for n in needs if getattr(get_accumulator(n), "param_shaped", False)]
+    per_param = [n for n in needs if get_accumulator(n).param_shaped]
     if not per_param:
         return
     entries = sum(local_tensor(p).numel() for p in params.values())
@@ -249,7 +250,8 @@ def score(
     scorers = [get_scorer(n) for n in names]
     options = resolve_options(options)
     params = _checked_params(model, params) if params is not None else eligible_parameters(model, include, exclude)
-    if sharded(params):
+    shards = sharded(params)
+    if shards:
         _check_shardable(scorers)
     needs = set().union(*(s.needs for s in scorers if not s.whole_model))
     data_users = sorted(s.name for s in scorers if s.uses_data)
@@ -267,7 +269,7 @@ def score(
             sum_dtype=sum_dtype, deterministic=deterministic,
         )
     result = Scores()
-    if sharded(params):
+    if shards:
         result.server = ShardServer(params, accumulated)
     for scorer in scorers:
         if scorer.whole_model:
@@ -286,7 +288,6 @@ def score(
             result[scorer.name] = MetricScores(scorer, params, accumulated, seed=seed, num_batches=num_batches,
                                                options=options, server=result.server)
     if any(not s.whole_model for s in scorers):
-        shards = sharded(params)
         _check_finite("the weights", {n: local_tensor(p).detach() for n, p in params.items()}, shards)
         for need, per_tensor in accumulated.items():
             _check_finite(f"accumulator {need!r}", per_tensor, shards)

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import distributed
 from .accumulators import get_accumulator
-from .accumulators.base import is_sharded, local_tensor
+from .accumulators.base import local_tensor
 from .errors import SalienceBenchError
 
 
@@ -105,6 +105,3 @@ class ShardServer:
             parts[need] = distributed.all_gather_rows(value, rows) if get_accumulator(need).param_shaped else value
         return weight, parts
 
-
-def sharded(params: Mapping[str, nn.Parameter]) -> bool:
-    return any(is_sharded(p) for p in params.values())

@@ -119,3 +119,17 @@ def test_task_metrics_against_independent_formulas():
     ranks = lambda x: np.argsort(np.argsort(x))  # noqa: E731  (no ties in continuous data)
     assert reg["eval_spearman"] == pytest.approx(float(np.corrcoef(ranks(scores.numpy()), ranks(values.numpy()))[0, 1]),
                                                  abs=1e-12)
+
+
+def test_hold_out_is_a_seeded_disjoint_split_that_keeps_pairs():
+    data = sb.load_dataset("mrpc", "train")
+    rest, held = sb.data.hold_out(data, 0.1, seed=3)
+    assert len(held) == round(0.1 * len(data)) and len(rest) + len(held) == len(data)
+    rows = lambda d: list(zip(d.texts, d.second, d.labels))  # noqa: E731
+    assert sorted(rows(rest) + rows(held)) == sorted(rows(data))  # every example once, pairs kept together
+    again, _ = sb.data.hold_out(data, 0.1, seed=3)
+    other, _ = sb.data.hold_out(data, 0.1, seed=4)
+    assert rows(again) == rows(rest) and rows(other) != rows(rest)
+    assert held.split == "train-heldout" and rest.split == "train-rest" and not held.regression
+    with pytest.raises(sb.SalienceBenchError, match="held-out fraction"):
+        sb.data.hold_out(data, 1.0)

@@ -37,6 +37,11 @@ def is_sharded(p: torch.Tensor) -> bool:
     return hasattr(p, "to_local") and hasattr(p, "placements")
 
 
+def sharded(params: Mapping[str, torch.Tensor]) -> bool:
+    """Whether any of ``params`` is sharded by FSDP2."""
+    return any(is_sharded(p) for p in params.values())
+
+
 def local_tensor(p: torch.Tensor) -> torch.Tensor:
     """This process's part of ``p``: its shard for a DTensor, else ``p`` itself."""
     return p.to_local() if is_sharded(p) else p
@@ -67,7 +72,7 @@ class Accumulator:
         self.device = local_tensor(next(iter(self.params.values()))).device
         # Parameters sharded by FSDP2 (DTensors): param-shaped state holds this process's shard only, and
         # the gradients that reach add_gradient are already summed over the processes' batches.
-        self.sharded = any(is_sharded(p) for p in self.params.values())
+        self.sharded = sharded(self.params)
 
     def zeros(self, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
         """A sum of ``shape`` in ``sum_dtype`` on the parameters' device."""

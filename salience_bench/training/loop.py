@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..data import (Dataset, PromptDataset, batch_examples, encode_prompts, final_number, loss_units, make_batches,
                     training_stream)
-from ..errors import SalienceBenchError
+from ..errors import SalienceBenchError, is_number
 from ..masks import MaskSpec
 from ..models import eligible_parameters
 from ..runtime import to_device
@@ -37,6 +37,14 @@ LR_SCHEDULES = ("constant", "linear")
 LM_COLUMNS = ["eval_perplexity"]  # added for causal LMs, whose eval_accuracy is the exact match of generated answers
 # added for classifiers: two-class MCC and F1 (CoLA, MRPC), a regression head's correlations (STS-B); NaN elsewhere
 TASK_COLUMNS = ["eval_mcc", "eval_f1", "eval_pearson", "eval_spearman"]
+
+
+def check_schedule(lr_schedule: str, warmup_ratio: float) -> None:
+    """A known schedule and a warm-up fraction in [0, 1), else a clear error."""
+    if lr_schedule not in LR_SCHEDULES:
+        raise SalienceBenchError(f"unknown lr schedule {lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+    if not (is_number(warmup_ratio) and 0 <= warmup_ratio < 1):
+        raise SalienceBenchError(f"warmup-ratio {warmup_ratio!r} must be in [0, 1)")
 
 
 def _extra_columns(task: str) -> list[str]:
@@ -91,10 +99,7 @@ class TrainConfig:
         for name in ("lr", "full_lr", "lora_alpha_ratio"):
             if not getattr(self, name) > 0:
                 raise SalienceBenchError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise SalienceBenchError(f"unknown lr schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise SalienceBenchError(f"warmup-ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        check_schedule(self.lr_schedule, self.warmup_ratio)
 
     def scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         """transformers' schedule for this run: linear warm-up over ``warmup_ratio`` of the steps, then constant

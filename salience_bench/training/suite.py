@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -66,7 +68,7 @@ def run_suite(
         runs.add({"drift": result.drift, "curve": result.curve, "rows": [result.row]})
         r = result.row
         log(f"    accuracy {r['eval_accuracy']:.4f}"
-            + "".join(f", {k[5:]} {r[k]:.4f}" for k in ("eval_mcc", "eval_f1", "eval_pearson") if k in r)
+            + "".join(f", {k[5:]} {r[k]:.4f}" for k in ("eval_mcc", "eval_f1", "eval_pearson") if r.get(k, math.nan) == r.get(k))
             + f", {r['seconds_per_step']:.3f} s/step, "
             f"trainable {r['trainable_params']:,} (+{r['head_params']:,} head)")
     return runs.tables["rows"], runs.tables["drift"], runs.tables["curve"]
@@ -77,7 +79,7 @@ def summary_frame(rows: pd.DataFrame, headline: str = "accuracy") -> pd.DataFram
 
     ``measure`` names what the accuracy columns hold: ``accuracy`` (classification), the task's own
     ``headline`` metric where it has one (``mcc`` for CoLA, ``pearson`` for STS-B, see
-    ``data.HEADLINE_METRIC``), ``exact match`` (a causal LM's generated answers) or, where no answers were
+    ``data.headline_metric``), ``exact match`` (a causal LM's generated answers) or, where no answers were
     generated, ``perplexity``."""
     labelled = rows.assign(run=run_labels(rows))
     column, measure = f"eval_{headline}", headline
