@@ -25,11 +25,13 @@ METRICS = ["grad", "snip", "fisher", "wanda", "spiel_grad", "grasp", "jacob_cov"
 SCORING_BATCHES = 6  # split 3+3 over two processes, 2+2+2 over three
 
 
-def work(batches_for_me, shard_rows, sum_dtype="float64"):
-    """Scores, masks and the weights after three sparse steps, as this process sees them."""
+def work(batches_for_me, shard_rows, sum_dtype=None):
+    """Scores, masks and the weights after three sparse steps, as this process sees them (``sum_dtype`` None:
+    the default)."""
     torch.set_num_threads(1)
     model = tiny_bert()
-    scores = sb.score(model, batches_for_me, METRICS, sum_dtype=sum_dtype).materialize()  # before training changes the weights
+    options = {} if sum_dtype is None else {"sum_dtype": sum_dtype}
+    scores = sb.score(model, batches_for_me, METRICS, **options).materialize()  # before training changes the weights
     masks = {m: sb.make_mask(s, density=0.1) for m, s in scores.items()}
     head = head_parameters(model)
     freeze_all_but(model, head)
@@ -50,7 +52,7 @@ def work(batches_for_me, shard_rows, sum_dtype="float64"):
     return (dict(scores), scores.network), masks, weights
 
 
-def _worker(rank, world, init_file, out_file, sum_dtype="float64"):
+def _worker(rank, world, init_file, out_file, sum_dtype=None):
     os.environ["OMP_NUM_THREADS"] = "1"
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:

@@ -5,6 +5,7 @@ import salience_bench as sb
 from salience_bench.accumulators import base as accumulator_base
 from salience_bench.scorers import registry
 
+from .conftest import tiny_batches, tiny_bert
 from .reference import block_linear_weights, mean_gradient
 from .scorer_tester import check_scorer
 
@@ -190,3 +191,19 @@ def test_an_accumulator_can_run_after_another(fresh_registry, model, batches):
         gbar = sum(g[n] for g in per_batch) / len(batches)
         expected = sum((g[n] - gbar) ** 2 for g in per_batch) / len(batches)
         torch.testing.assert_close(scores[n], expected, rtol=1e-3, atol=1e-3 * float(expected.max()))
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_scoring_pass_runs_with_deterministic_kernels_and_restores_the_setting(deterministic):
+    """Deterministic kernels make each batch's GPU gradient repeat bit for bit (fused attention backward kernels
+    add in a varying order otherwise): on for the pass by default, and the caller's setting back afterwards."""
+    model = tiny_bert()
+    seen = []
+    handle = model.register_forward_hook(lambda *_: seen.append(torch.are_deterministic_algorithms_enabled()))
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        sb.score(model, tiny_batches(num_batches=2), ["grad"], deterministic=deterministic).materialize()
+    finally:
+        handle.remove()
+    assert seen and all(s == deterministic for s in seen)
+    assert torch.are_deterministic_algorithms_enabled() == before
