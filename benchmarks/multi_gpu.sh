@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The 2-GPU figures of benchmarks/README.md ("Past one GPU") on a 2-GPU machine:
-#   bash benchmarks/multi_gpu.sh OUT_DIR [scoring|sharded|training|all]
+#   bash benchmarks/multi_gpu.sh OUT_DIR [scoring|scoring-0.95b|scoring-7b|sharded|training|all]
 # NVLink multicast stays off (see the device notes).
 set -u
 out=${1:-/tmp/multi_gpu}
@@ -11,12 +11,14 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True HF_HUB_OFFLINE=1
 run1() { python -m benchmarks.multi_gpu "$@"; }
 run2() { torchrun --nproc_per_node=2 --master_port=29700 -m benchmarks.multi_gpu "$@" 2>&1 | grep -v '^W[0-9]'; }
 nvidia-smi -L
-if [[ $part == scoring || $part == all ]]; then
+if [[ $part == scoring || $part == scoring-0.95b || $part == all ]]; then
   for dtype in float64 float32; do   # 0.95B, replicated: the same batches on 1 and 2 GPUs, masks compared
     run1 --shape 0.95b --sum-dtype $dtype --analysis masks --save /tmp/m095-$dtype-1.pt
     run2 --shape 0.95b --sum-dtype $dtype --analysis masks --save /tmp/m095-$dtype-2.pt
     run1 --compare /tmp/m095-$dtype-1.pt /tmp/m095-$dtype-2.pt
   done
+fi
+if [[ $part == scoring || $part == scoring-7b || $part == all ]]; then
   run1 --shape 7b --sum-dtype float32 --analysis masks --save /tmp/m7-1.pt   # float64 sums of 7B do not fit one GPU
   run2 --shape 7b --sum-dtype float32 --analysis masks --save /tmp/m7-2.pt
   run1 --compare /tmp/m7-1.pt /tmp/m7-2.pt
