@@ -57,6 +57,10 @@ def main(argv=None) -> None:
     parser.add_argument("--p2-n", type=float, default=None, help="scores for P2 (default: 1e9 on CUDA, 1e8 on CPU)")
     parser.add_argument("--p3-n", type=float, default=1e7, help="entries for P3 (default: 1e7)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--profile", action="store_true",
+                        help="P2: print the profiler's kernel table of one global top-k (masks written)")
+    parser.add_argument("--torch-route", action="store_true",
+                        help="P2: also time the pure-torch route (SALIENCE_BENCH_TRITON=0) beside the default")
     args = parser.parse_args(argv)
     args.device = str(sb.resolve_device(args.device))
     only = {x.strip().upper() for x in args.only.split(",")}
@@ -127,19 +131,46 @@ def p2(args) -> None:
     t_naive = _median_time(naive, args.device, args.repeats)
     t_mask = _median_time(streaming_mask, args.device, args.repeats)
     m_ours, m_naive = _extra_memory(streaming, args.device), _extra_memory(naive, args.device)
+    m_mask = _extra_memory(streaming_mask, args.device) - k * 4  # beyond the int32 positions it returns
     # The threshold must be the naive route's k-th value.
     kth = naive().values.min()
     threshold, _ = kth_largest_key(scores, k)
     from salience_bench.masks import _ordered_keys
 
     assert threshold == int(_ordered_keys(kth.reshape(1)).item()), "streaming threshold differs from torch.topk"
+    rows = [("streaming threshold (ours)", t_ours, m_ours), ("concatenate + torch.topk", t_naive, m_naive),
+            ("ours, masks written (int32 positions)", t_mask, m_mask)]
+    if args.torch_route:
+        import os
+
+        os.environ["SALIENCE_BENCH_TRITON"] = "0"
+        try:
+            fast = streaming_mask()
+            rows += [("torch route, threshold", _median_time(streaming, args.device, args.repeats),
+                      _extra_memory(streaming, args.device)),
+                     ("torch route, masks written", _median_time(streaming_mask, args.device, args.repeats),
+                      _extra_memory(streaming_mask, args.device) - k * 4)]
+            slow = streaming_mask()
+            assert all(torch.equal(fast.indices(n), slow.indices(n)) for n in scores), "routes differ"
+            print("Triton and torch routes: identical masks")
+        finally:
+            os.environ.pop("SALIENCE_BENCH_TRITON")
     print(f"\nP2: exact global top-1% of {n:.0e} float32 scores in 200 tensors (largest {largest / 2**20:.1f} MiB)")
     print("| route | median time | extra memory | extra memory / largest tensor |")
     print("|---|---:|---:|---:|")
-    for name, t, mem in [("streaming threshold (ours)", t_ours, m_ours), ("concatenate + torch.topk", t_naive, m_naive)]:
+    for name, t, mem in rows:
         print(f"| {name} | {t * 1e3:.2f} ms | {mem / 2**20:.1f} MiB | {mem / largest:.2f} |")
-    print(f"| ours, threshold + boolean masks written | {t_mask * 1e3:.2f} ms | (masks are the output) | |")
-    print(f"speed-up of ours over the naive route: {t_naive / t_ours:.2f}x")
+    print(f"speed-up of ours over the naive route: threshold {t_naive / t_ours:.2f}x, masks {t_naive / t_mask:.2f}x")
+    if args.profile and args.device.startswith("cuda"):
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            streaming_mask()
+            _sync(args.device)
+        try:
+            print(prof.key_averages().table(sort_by="device_time_total", row_limit=15))
+        except (AttributeError, KeyError, ValueError):  # older torch names the column cuda_time_total
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
 
 
 def p3(args) -> None:

@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from . import fast_topk
 from .errors import SalienceBenchError, is_int, is_number
 from .tiles import block_sums, expand_tiles
 
@@ -48,8 +49,20 @@ def kth_largest_key(scores: Mapping[str, torch.Tensor], k: int) -> tuple[int, in
     the exact k-th value is found. If the bracket misses (an unlucky sample), the radix select
     below gives the exact answer anyway.
     """
+    stored = _stored_for_triton(scores)
+    found = fast_topk.kth_largest_key(stored, k) if stored is not None else None
+    if found is not None:
+        return found
     bracketed = _bracketed_threshold(scores, k)
     return bracketed if bracketed is not None else radix_kth_largest_key(scores, k)
+
+
+def _stored_for_triton(scores: Mapping[str, torch.Tensor]) -> list[torch.Tensor] | None:
+    """The score tensors, where they are stored (not computed on access) and the Triton route applies."""
+    if not isinstance(scores, dict):
+        return None
+    tensors = [s.detach() for s in scores.values()]
+    return tensors if fast_topk.usable(tensors) else None
 
 
 def _numel(scores: Mapping[str, torch.Tensor], name: str) -> int:
@@ -179,12 +192,18 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 def top_k_mask(scores: Mapping[str, torch.Tensor], k: int) -> MaskSet:
     """Exactly ``k`` selected entries over all tensors: the largest scores, ties by position.
 
-    Two passes after the threshold search, with one host read between them: the first counts each
+    Stored float32 CUDA scores take the multi-tensor Triton route (:mod:`salience_bench.fast_topk`: one
+    launch per pass over all tensors, bitwise the same result). Otherwise, two passes after the threshold
+    search, with one host read between them: the first counts each
     tensor's entries above and at the threshold, the second writes each tensor's selected positions
     (sizes known, so nothing waits on the device tensor by tensor)."""
     total = sum(_numel(scores, n) for n in scores)
     if not 0 < k <= total:
         raise SalienceBenchError(f"k={k} must be between 1 and the number of eligible weights ({total})")
+    stored = _stored_for_triton(scores)
+    positions = fast_topk.top_k_positions(stored, k) if stored is not None else None
+    if positions is not None:
+        return MaskSet(dict(zip(scores, positions)), {n: s.shape for n, s in scores.items()})
     threshold, take_equal = kth_largest_key(scores, k)
     counts = None
     for i, s in enumerate(scores.values()):

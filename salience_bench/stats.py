@@ -150,14 +150,27 @@ def doubled_ranks(values: torch.Tensor) -> torch.Tensor:
 
 
 def _rank_sorted(values: torch.Tensor, ranks: torch.Tensor, positions: torch.Tensor | None, below: int) -> None:
-    """Write the doubled ranks of ``values`` (at ``positions`` of ``ranks``), ``below`` entries ranking lower:
-    after one sort, each entry's tie group is found by two binary searches (in chunks, no host sync)."""
+    """Write the doubled ranks of ``values`` (at ``positions`` of ``ranks``), ``below`` entries ranking lower.
+
+    After one sort, each entry's tie group is bounded by scans, not searches: its first index is the running
+    maximum of the group starts, its last the running minimum (from the end) of the group ends — O(n)
+    streaming passes instead of two binary searches per entry, and no host sync."""
     sorted_values, order = torch.sort(values)
-    for start in range(0, values.numel(), RANK_CHUNK):
-        v = sorted_values[start : start + RANK_CHUNK]
-        doubled = torch.searchsorted(sorted_values, v) + torch.searchsorted(sorted_values, v, right=True) + (2 * below + 1)
-        where = order[start : start + RANK_CHUNK]
-        ranks[where if positions is None else positions[where]] = doubled.to(ranks.dtype)
+    n = values.numel()
+    index = torch.arange(n, dtype=torch.int32 if n < 2**31 else torch.int64, device=values.device)
+    boundary = sorted_values[1:] != sorted_values[:-1]  # entry i+1 starts a new tie group
+    starts = torch.ones(n, dtype=torch.bool, device=values.device)
+    starts[1:] = boundary
+    ends = torch.ones(n, dtype=torch.bool, device=values.device)
+    ends[:-1] = boundary
+    del boundary, sorted_values
+    first = torch.where(starts, index, 0).cummax(0).values
+    del starts
+    last = torch.where(ends, index, n).flip(0).cummin(0).values.flip(0)
+    del ends, index
+    doubled = first.to(ranks.dtype).add_(last.to(ranks.dtype)).add_(2 * below + 2)  # (first + 1) + (last + 1)
+    del first, last
+    ranks[order if positions is None else positions[order]] = doubled
 
 
 def _value_ranges(values: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -241,42 +254,50 @@ def spearman_standard_error(rho: float, sample: int, population: int) -> float:
     return (1 - rho * rho) * math.sqrt(1.06 / (sample - 3)) * math.sqrt(1 - sample / population)
 
 
-def _dense_ranks(x: torch.Tensor) -> torch.Tensor:
-    return torch.unique(x, sorted=True, return_inverse=True)[1]
-
-
-def _tie_pairs(x: torch.Tensor) -> int:
-    counts = torch.unique(x, return_counts=True)[1].to(torch.float64)
-    return int((counts * (counts - 1) / 2).sum().item())
+def _tie_pairs(counts: torch.Tensor) -> torch.Tensor:
+    """Σ c(c−1)/2 over tie-group sizes c: the pairs tied with each other (a 0-dim int64 tensor)."""
+    counts = counts.to(torch.int64)
+    return (counts * (counts - 1) // 2).sum()
 
 
 def _count_inversions(y: torch.Tensor) -> int:
-    """Pairs i < j with y[i] > y[j], by a bottom-up merge sort: O(n log n) per level, log n levels.
+    """Pairs i < j with y[i] > y[j] for non-negative integer ``y``, by a most-significant-bit-first radix
+    partition: one streaming level per bit of max(y), each a few scans, gathers and scatters.
 
-    Each level merges sorted neighbour blocks with batched ``searchsorted`` (no re-sort): a
-    right-block element moves left past exactly the left-block elements greater than it.
-    """
+    At the level of bit b the entries are stably ordered by their bits above b, in groups of equal high
+    bits (each entry carries its group's start and size). Inside a group, a pair decided at bit b is an
+    inversion when the earlier entry has bit b set and the later one not, so the level adds, over the
+    entries whose bit is 0, the number of set-bit entries before them in their group. Then each group is
+    stably split by bit b (zeros first), which orders the entries by one more bit. Pairs equal in every
+    bit are never counted. (The earlier merge-sort count needed log2 n levels of batched binary searches.)"""
     n = y.numel()
     if n < 2:
         return 0
-    size = 1 << (n - 1).bit_length()
-    # Padding with a value above every element adds no inversions (pads sit at the end).
-    run = torch.full((size,), int(y.max().item()) + 1, dtype=torch.int64, device=y.device)
-    run[:n] = y
-    inversions = 0
-    width = 1
-    while width < size:
-        blocks = run.view(-1, 2, width)
-        left, right = blocks[:, 0].contiguous(), blocks[:, 1].contiguous()
-        left_not_greater = torch.searchsorted(left, right, right=True)  # per right element
-        inversions += int((width - left_not_greater).sum().item())
-        offsets = torch.arange(width, device=y.device)
-        merged = torch.empty_like(blocks.reshape(-1, 2 * width))
-        merged.scatter_(1, offsets + torch.searchsorted(right, left, right=False), left)
-        merged.scatter_(1, offsets + left_not_greater, right)
-        run = merged.reshape(-1)
-        width *= 2
-    return inversions
+    device = y.device
+    itype = torch.int32 if n < 2**31 else torch.int64
+    values = y.to(torch.int64)
+    bits = int(values.max().item()).bit_length()
+    index = torch.arange(n, dtype=itype, device=device)
+    group_start = torch.zeros(n, dtype=itype, device=device)
+    group_size = torch.full((n,), n, dtype=itype, device=device)
+    ones_through = torch.zeros(n + 1, dtype=itype, device=device)  # ones_through[i] = set bits among entries < i
+    inversions = torch.zeros((), dtype=torch.int64, device=device)
+    for b in range(bits - 1, -1, -1):
+        bit = (values >> b) & 1
+        torch.cumsum(bit, 0, out=ones_through[1:])
+        ones_before = ones_through[:-1] - ones_through[group_start.long()]
+        ones_in_group = ones_through[(group_start + group_size).long()] - ones_through[group_start.long()]
+        is_one = bit.bool()
+        inversions += torch.where(is_one, 0, ones_before).sum(dtype=torch.int64)
+        zeros_in_group = group_size - ones_in_group
+        new_position = torch.where(is_one, group_start + zeros_in_group + ones_before,
+                                   index - ones_before).long()  # zeros keep (start + zeros before them)
+        new_start = torch.where(is_one, group_start + zeros_in_group, group_start)
+        new_size = torch.where(is_one, ones_in_group, zeros_in_group)
+        values = torch.empty_like(values).index_copy_(0, new_position, values)
+        group_start = torch.empty_like(group_start).index_copy_(0, new_position, new_start)
+        group_size = torch.empty_like(group_size).index_copy_(0, new_position, new_size)
+    return int(inversions.item())
 
 
 def kendall_tau_b(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -292,21 +313,23 @@ def kendall_tau_b(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def kendall_tau_b_torch(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Exact Kendall tau-b of two 1-D tensors in torch (Knight's algorithm), for tensors on a GPU."""
+    """Exact Kendall tau-b of two 1-D tensors in torch (Knight's algorithm), for tensors on a GPU.
+
+    Three sorts (the distinct values of x and of y, then the pairs' combined dense-rank key, which orders
+    by x and by y inside x ties), the tie counts from the groups they expose, and the discordant pairs as
+    the inversions of y in that order (:func:`_count_inversions`)."""
     x, y = x.reshape(-1), y.reshape(-1)
     n = x.numel()
     if n < 2:
         return math.nan
-    xr, yr = _dense_ranks(x), _dense_ranks(y)
-    # Sort by x, then by y inside x ties, so pairs tied in x add no inversions.
-    order = torch.sort(yr, stable=True).indices
-    order = order[torch.sort(xr[order], stable=True).indices]
-    xs, ys = xr[order], yr[order]
+    _, xr, x_counts = torch.unique(x, return_inverse=True, return_counts=True)
+    y_distinct, yr, y_counts = torch.unique(y, return_inverse=True, return_counts=True)
+    levels = y_distinct.numel()
+    pairs = torch.sort(xr.to(torch.int64) * levels + yr).values  # pairs tied in x stay ordered by y: no inversions
+    joint_counts = torch.unique_consecutive(pairs, return_counts=True)[1]
+    discordant = _count_inversions(pairs % levels)
     total = n * (n - 1) // 2
-    x_ties = _tie_pairs(xs)
-    y_ties = _tie_pairs(ys)
-    joint_ties = _tie_pairs(xs * (int(ys.max().item()) + 1) + ys)
-    discordant = _count_inversions(ys)
+    x_ties, y_ties, joint_ties = torch.stack([_tie_pairs(x_counts), _tie_pairs(y_counts), _tie_pairs(joint_counts)]).tolist()
     concordant_minus_discordant = total - x_ties - y_ties + joint_ties - 2 * discordant
     denom = math.sqrt(float(total - x_ties) * float(total - y_ties))
     return concordant_minus_discordant / denom if denom else math.nan

@@ -152,3 +152,13 @@ def test_the_torch_kendall_route_equals_scipy(ties):
         x, y = pairs(n + 7, n, ties)
         assert stats.kendall_tau_b_torch(x, y) == pytest.approx(scipy.stats.kendalltau(x.numpy(), y.numpy()).statistic,
                                                                 abs=1e-12)
+
+
+def test_inversion_count_equals_the_pairwise_definition():
+    """The radix-partition count against counting every pair i < j with y[i] > y[j]."""
+    g = torch.Generator().manual_seed(11)
+    for n in (1, 2, 3, 5, 17, 64, 257):
+        for levels in (1, 2, 3, 10, 1000):
+            y = torch.randint(0, levels, (n,), generator=g)
+            pairwise = int((y[:, None] > y[None, :]).triu(1).sum())
+            assert stats._count_inversions(y) == pairwise, (n, levels)
