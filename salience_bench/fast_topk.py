@@ -106,19 +106,27 @@ if triton is not None:
         return b, key, valid, offs
 
     @triton.jit
-    def _band_kernel(ptrs, numels, first_block, hi_key, lo_key, above, cand_keys, cand_order, counter, capacity,
-                     num, steps: tl.constexpr, BLOCK_: tl.constexpr):
+    def _band_kernel(ptrs, numels, first_block, hi_key, lo_key, above, cand_keys, cand_order, counters, region,
+                     non_finite, num, steps: tl.constexpr, BLOCK_: tl.constexpr, REGIONS: tl.constexpr):
         b, key, valid, _ = _block_scores(ptrs, numels, first_block, num, steps, BLOCK_)
         tl.store(above + b, tl.sum((valid & (key > hi_key)).to(tl.int32), axis=0))
+        # ±inf and NaN: keys from +inf's up, and from -inf's down (-inf's bits 0xFF800000 map to -2139095041)
+        bad = tl.sum((valid & ((key >= 0x7F800000) | (key <= -2139095041))).to(tl.int32), axis=0)
+        if bad > 0:
+            tl.atomic_add(non_finite, bad)
         band = (valid & (key >= lo_key) & (key <= hi_key)).to(tl.int32)
         count = tl.sum(band, axis=0)
         if count > 0:
-            start = tl.atomic_add(counter, count)  # the buffer's order is arbitrary; each entry keeps its order
+            # Blocks append to one of REGIONS buffer regions (one counter each): a single shared counter
+            # serialised the atomics of every block. The buffer's order is arbitrary; each entry keeps its order.
+            r = b % REGIONS
+            start = tl.atomic_add(counters + r, count)
             slot = start + tl.cumsum(band, axis=0) - 1
-            keep = (band > 0) & (slot < capacity)
+            keep = (band > 0) & (slot < region)
             order = (b.to(tl.int64) << 12) | tl.arange(0, BLOCK_).to(tl.int64)
-            tl.store(cand_keys + slot, key, mask=keep)
-            tl.store(cand_order + slot, order, mask=keep)
+            tl.store(cand_keys + r * region + slot, key, mask=keep)
+            tl.store(cand_order + r * region + slot, order, mask=keep)
+
 
     @triton.jit
     def _count_kernel(cand_keys, cand_order, n, threshold, last_tie, counts, BLOCK_C: tl.constexpr):
@@ -173,40 +181,62 @@ def _bracket(tables: _Tables, k: int, device: torch.device) -> tuple[int, int, i
     margin = int(4 * (m * q * (1 - q)) ** 0.5) + 16
     hi_rank, lo_rank = int(q * m) - margin, int(q * m) + margin  # ranks from the top, 0-based
     ranks = [r for r in (hi_rank, lo_rank) if 0 <= r < m]
-    # kthvalue counts from the bottom: the r-th largest of m is the (m - r)-th smallest
-    stats = [torch.kthvalue(sample, m - r).values for r in ranks]
-    values = torch.stack(stats).tolist() if stats else []
+    ascending = torch.sort(sample).values  # one sort: torch.kthvalue on one long row is far slower on a GPU
+    values = ascending[torch.tensor([m - 1 - r for r in ranks], device=device)].tolist() if ranks else []
     hi = values.pop(0) if 0 <= hi_rank < m else _INT32_MAX
     lo = values.pop(0) if 0 <= lo_rank < m else _INT32_MIN
     expected = (min(lo_rank, m - 1) - max(hi_rank, 0) + 1) * stride
     return lo, hi, expected
 
 
+REGIONS = 64
+
+
 def _threshold(tensors: Sequence[torch.Tensor], k: int):
-    """The band pass and the exact k-th largest key; None where the bracket misses or the buffer overflows."""
+    """The band pass and the exact k-th largest key; None where the bracket misses or the buffer overflows.
+    Raises where a score is NaN or infinite (the band pass counts them)."""
     device = tensors[0].device
     tables = _Tables(tensors)
     if not 0 < k <= tables.total:
         return None
     lo, hi, expected = _bracket(tables, k, device)
-    capacity = int(1.5 * expected) + 65536
+    region = int(1.5 * expected / REGIONS) + 1024
     above = torch.empty(tables.num_blocks, dtype=torch.int32, device=device)
-    cand_keys = torch.empty(capacity, dtype=torch.int32, device=device)
-    cand_order = torch.empty(capacity, dtype=torch.int64, device=device)
-    counter = torch.zeros(1, dtype=torch.int32, device=device)
+    cand_keys = torch.empty(region * REGIONS, dtype=torch.int32, device=device)
+    cand_order = torch.empty(region * REGIONS, dtype=torch.int64, device=device)
+    counters = torch.zeros(REGIONS + 1, dtype=torch.int32, device=device)  # the last counts non-finite scores
     _band_kernel[(tables.num_blocks,)](tables.ptrs, tables.numels, tables.first_block, hi, lo, above,
-                                       cand_keys, cand_order, counter, capacity,
-                                       num=tables.num, steps=tables.steps, BLOCK_=BLOCK, num_warps=8)
-    above_n, in_band = torch.stack([above.sum(dtype=torch.int64), counter[0].long()]).tolist()
-    if in_band > capacity or not above_n < k <= above_n + in_band:
+                                       cand_keys, cand_order, counters, region, counters[REGIONS:],
+                                       num=tables.num, steps=tables.steps, BLOCK_=BLOCK, REGIONS=REGIONS,
+                                       num_warps=8)
+    read = torch.cat([above.sum(dtype=torch.int64).reshape(1), counters.long()]).tolist()
+    above_n, filled, non_finite = read[0], read[1:-1], read[-1]
+    if non_finite:
+        raise _non_finite_error(tensors)
+    in_band = sum(filled)
+    if max(filled) > region or not above_n < k <= above_n + in_band:
         return None
-    keys, order = cand_keys[:in_band], cand_order[:in_band]
+    keys = torch.cat([cand_keys[r * region: r * region + c] for r, c in enumerate(filled)])
+    order = torch.cat([cand_order[r * region: r * region + c] for r, c in enumerate(filled)])
+    del cand_keys, cand_order
     rank = k - above_n  # the k-th largest overall is the rank-th largest candidate
-    threshold = torch.kthvalue(keys, in_band - rank + 1).values
-    strictly_above, equal = torch.stack([(keys > threshold).sum(), (keys == threshold).sum()]).tolist()
-    threshold = int(threshold.item())
+    threshold = torch.sort(keys).values[in_band - rank]
+    strictly_above, equal, threshold = torch.stack([(keys > threshold).sum(), (keys == threshold).sum(),
+                                                    threshold.long()]).tolist()
     take = rank - strictly_above
     return tables, above, keys, order, threshold, take, equal, above_n + strictly_above
+
+
+class NonFiniteScores(ValueError):
+    """A score is NaN or infinite; ``index`` is the first tensor holding one."""
+
+    def __init__(self, index: int):
+        super().__init__(f"scores of tensor {index} contain NaN or inf")
+        self.index = index
+
+
+def _non_finite_error(tensors: Sequence[torch.Tensor]) -> NonFiniteScores:
+    return NonFiniteScores(next(i for i, t in enumerate(tensors) if not bool(torch.isfinite(t).all())))
 
 
 def kth_largest_key(tensors: Sequence[torch.Tensor], k: int) -> tuple[int, int] | None:
@@ -227,8 +257,7 @@ def top_k_positions(tensors: Sequence[torch.Tensor], k: int) -> list[torch.Tenso
     tables, above, keys, order, threshold, take, equal, _ = found
     device = tensors[0].device
     if take < equal:  # not every tie is taken: the last one taken is the take-th in global order
-        last_tie = int(torch.kthvalue(torch.where(keys == threshold, order, torch.iinfo(torch.int64).max),
-                                      take).values.item())
+        last_tie = int(torch.sort(torch.where(keys == threshold, order, torch.iinfo(torch.int64).max)).values[take - 1])
     else:
         last_tie = torch.iinfo(torch.int64).max
     counts = above.to(torch.int32)

@@ -49,8 +49,7 @@ def kth_largest_key(scores: Mapping[str, torch.Tensor], k: int) -> tuple[int, in
     the exact k-th value is found. If the bracket misses (an unlucky sample), the radix select
     below gives the exact answer anyway.
     """
-    stored = _stored_for_triton(scores)
-    found = fast_topk.kth_largest_key(stored, k) if stored is not None else None
+    found = _on_triton(fast_topk.kth_largest_key, scores, k)
     if found is not None:
         return found
     bracketed = _bracketed_threshold(scores, k)
@@ -63,6 +62,21 @@ def _stored_for_triton(scores: Mapping[str, torch.Tensor]) -> list[torch.Tensor]
         return None
     tensors = [s.detach() for s in scores.values()]
     return tensors if fast_topk.usable(tensors) else None
+
+
+def _on_triton(route, scores: Mapping[str, torch.Tensor], k: int):
+    """``route(tensors, k)`` on the Triton path, or None where it does not apply or declines."""
+    stored = _stored_for_triton(scores)
+    if stored is None:
+        return None
+    try:
+        return route(stored, k)
+    except fast_topk.NonFiniteScores as bad:
+        raise _non_finite(list(scores)[bad.index]) from None
+
+
+def _non_finite(name: str) -> SalienceBenchError:
+    return SalienceBenchError(f"scores of {name!r} contain NaN or inf; cannot rank them")
 
 
 def _numel(scores: Mapping[str, torch.Tensor], name: str) -> int:
@@ -200,8 +214,7 @@ def top_k_mask(scores: Mapping[str, torch.Tensor], k: int) -> MaskSet:
     total = sum(_numel(scores, n) for n in scores)
     if not 0 < k <= total:
         raise SalienceBenchError(f"k={k} must be between 1 and the number of eligible weights ({total})")
-    stored = _stored_for_triton(scores)
-    positions = fast_topk.top_k_positions(stored, k) if stored is not None else None
+    positions = _on_triton(fast_topk.top_k_positions, scores, k)
     if positions is not None:
         return MaskSet(dict(zip(scores, positions)), {n: s.shape for n, s in scores.items()})
     threshold, take_equal = kth_largest_key(scores, k)
@@ -346,16 +359,18 @@ class MaskSpec:
             raise SalienceBenchError(f"scores must be a non-empty dict of tensors by name, got {type(scores).__name__}"
                                      + (" (empty)" if isinstance(scores, Mapping) else ""))
         shapes, bad = {}, None
+        # The Triton route of the global top-k counts NaN and inf in its own pass over the scores.
+        checked_on_the_way = (self.structure, self.scope) == ("unstructured", "global") and all(
+            isinstance(s, torch.Tensor) for s in scores.values()) and _stored_for_triton(scores) is not None
         for name, s in scores.items():  # one tensor at a time (scores may be computed on access)
             if not isinstance(s, torch.Tensor):
                 raise SalienceBenchError(f"scores of {name!r} must be a tensor, got {type(s).__name__}")
-            if s.is_floating_point():  # a running count on the device: one host read for all tensors
+            if s.is_floating_point() and not checked_on_the_way:  # a running count on the device: one host read for all tensors
                 count = s.numel() - torch.isfinite(s).count_nonzero()
                 bad = count if bad is None else bad + count
             shapes[name] = s.shape
         if bad is not None and int(bad):
-            name = next(n for n, s in scores.items() if s.is_floating_point() and not torch.isfinite(s).all())
-            raise SalienceBenchError(f"scores of {name!r} contain NaN or inf; cannot rank them")
+            raise _non_finite(next(n for n, s in scores.items() if s.is_floating_point() and not torch.isfinite(s).all()))
         self.check_shapes(shapes)
         if self.structure in ("nm", "row"):
             select = (lambda s: _nm_mask(s, *self.nm)) if self.structure == "nm" else (lambda s: _row_mask(s, self.density))

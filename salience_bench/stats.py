@@ -149,27 +149,31 @@ def doubled_ranks(values: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def _rank_sorted(values: torch.Tensor, ranks: torch.Tensor, positions: torch.Tensor | None, below: int) -> None:
-    """Write the doubled ranks of ``values`` (at ``positions`` of ``ranks``), ``below`` entries ranking lower.
+def _group_bounds(sorted_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a sorted 1-D tensor: each entry's tie group (0-based ids in order) and every group's first index
+    (``firsts[g]``; entries past the last group hold n, so ``firsts[g + 1]`` ends group g). O(n) passes — a
+    comparison, a prefix sum and one scatter — and no host sync."""
+    n = sorted_values.numel()
+    itype = torch.int32 if n < 2**31 else torch.int64
+    starts = torch.ones(n, dtype=torch.bool, device=sorted_values.device)
+    starts[1:] = sorted_values[1:] != sorted_values[:-1]
+    group = starts.cumsum(0, dtype=itype).sub_(1)
+    firsts = torch.full((n + 1,), n, dtype=itype, device=sorted_values.device)
+    # Non-starts all write to slot n, which is then reset: only each group's start lands in firsts[group].
+    firsts.scatter_(0, torch.where(starts, group, n).long(), torch.arange(n, dtype=itype, device=sorted_values.device))
+    firsts[n] = n
+    return group, firsts
 
-    After one sort, each entry's tie group is bounded by scans, not searches: its first index is the running
-    maximum of the group starts, its last the running minimum (from the end) of the group ends — O(n)
-    streaming passes instead of two binary searches per entry, and no host sync."""
+
+def _rank_sorted(values: torch.Tensor, ranks: torch.Tensor, positions: torch.Tensor | None, below: int) -> None:
+    """Write the doubled ranks of ``values`` (at ``positions`` of ``ranks``), ``below`` entries ranking lower:
+    after one sort, an entry's doubled rank is (first + 1) + (last + 1) of its tie group, read from the
+    groups' first indices (:func:`_group_bounds`) — O(n), no binary searches, no host sync."""
     sorted_values, order = torch.sort(values)
-    n = values.numel()
-    index = torch.arange(n, dtype=torch.int32 if n < 2**31 else torch.int64, device=values.device)
-    boundary = sorted_values[1:] != sorted_values[:-1]  # entry i+1 starts a new tie group
-    starts = torch.ones(n, dtype=torch.bool, device=values.device)
-    starts[1:] = boundary
-    ends = torch.ones(n, dtype=torch.bool, device=values.device)
-    ends[:-1] = boundary
-    del boundary, sorted_values
-    first = torch.where(starts, index, 0).cummax(0).values
-    del starts
-    last = torch.where(ends, index, n).flip(0).cummin(0).values.flip(0)
-    del ends, index
-    doubled = first.to(ranks.dtype).add_(last.to(ranks.dtype)).add_(2 * below + 2)  # (first + 1) + (last + 1)
-    del first, last
+    group, firsts = _group_bounds(sorted_values)
+    del sorted_values
+    group = group.long()
+    doubled = firsts[group].to(ranks.dtype) + firsts[group + 1].to(ranks.dtype) + (2 * below + 1)
     ranks[order if positions is None else positions[order]] = doubled
 
 
@@ -254,12 +258,6 @@ def spearman_standard_error(rho: float, sample: int, population: int) -> float:
     return (1 - rho * rho) * math.sqrt(1.06 / (sample - 3)) * math.sqrt(1 - sample / population)
 
 
-def _tie_pairs(counts: torch.Tensor) -> torch.Tensor:
-    """Σ c(c−1)/2 over tie-group sizes c: the pairs tied with each other (a 0-dim int64 tensor)."""
-    counts = counts.to(torch.int64)
-    return (counts * (counts - 1) // 2).sum()
-
-
 def _count_inversions(y: torch.Tensor) -> int:
     """Pairs i < j with y[i] > y[j] for non-negative integer ``y``, by a most-significant-bit-first radix
     partition: one streaming level per bit of max(y), each a few scans, gathers and scatters.
@@ -312,24 +310,41 @@ def kendall_tau_b(x: torch.Tensor, y: torch.Tensor) -> float:
     return kendall_tau_b_torch(x, y)
 
 
+def _ties_in_sorted(sorted_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tie-group id of every entry, tied pairs Σ c(c−1)/2) of a sorted 1-D tensor: an entry i of a group
+    starting at f is tied with the i − f before it."""
+    group, firsts = _group_bounds(sorted_values)
+    index = torch.arange(sorted_values.numel(), dtype=firsts.dtype, device=sorted_values.device)
+    return group, (index - firsts[group.long()]).sum(dtype=torch.int64)
+
+
 def kendall_tau_b_torch(x: torch.Tensor, y: torch.Tensor) -> float:
     """Exact Kendall tau-b of two 1-D tensors in torch (Knight's algorithm), for tensors on a GPU.
 
-    Three sorts (the distinct values of x and of y, then the pairs' combined dense-rank key, which orders
-    by x and by y inside x ties), the tie counts from the groups they expose, and the discordant pairs as
-    the inversions of y in that order (:func:`_count_inversions`)."""
+    Two stable sorts (by y, then by x: the entries end ordered by x, and by y inside x ties), y's dense
+    ranks and the three tie counts from the sorted runs, and the discordant pairs as the inversions of y's
+    ranks in that order (:func:`_count_inversions`). One host read at the end."""
     x, y = x.reshape(-1), y.reshape(-1)
     n = x.numel()
     if n < 2:
         return math.nan
-    _, xr, x_counts = torch.unique(x, return_inverse=True, return_counts=True)
-    y_distinct, yr, y_counts = torch.unique(y, return_inverse=True, return_counts=True)
-    levels = y_distinct.numel()
-    pairs = torch.sort(xr.to(torch.int64) * levels + yr).values  # pairs tied in x stay ordered by y: no inversions
-    joint_counts = torch.unique_consecutive(pairs, return_counts=True)[1]
-    discordant = _count_inversions(pairs % levels)
+    y_sorted, by_y = torch.sort(y, stable=True)
+    y_rank_sorted, y_ties = _ties_in_sorted(y_sorted)
+    del y_sorted
+    y_rank = torch.empty_like(y_rank_sorted).scatter_(0, by_y, y_rank_sorted)  # dense rank of each entry of y
+    del y_rank_sorted
+    x_sorted, then_by_x = torch.sort(x[by_y], stable=True)
+    ys = y_rank[by_y[then_by_x]]
+    del by_y, then_by_x, y_rank
+    _, x_ties = _ties_in_sorted(x_sorted)
+    # Pairs tied in both: runs of equal (x, y) in this lexicographic order.
+    joint_start = torch.ones(n, dtype=torch.bool, device=x.device)
+    joint_start[1:] = (x_sorted[1:] != x_sorted[:-1]) | (ys[1:] != ys[:-1])
+    _, joint_ties = _ties_in_sorted(joint_start.cumsum(0))
+    del x_sorted, joint_start
+    discordant = _count_inversions(ys)
     total = n * (n - 1) // 2
-    x_ties, y_ties, joint_ties = torch.stack([_tie_pairs(x_counts), _tie_pairs(y_counts), _tie_pairs(joint_counts)]).tolist()
+    x_ties, y_ties, joint_ties = torch.stack([x_ties, y_ties, joint_ties]).tolist()
     concordant_minus_discordant = total - x_ties - y_ties + joint_ties - 2 * discordant
     denom = math.sqrt(float(total - x_ties) * float(total - y_ties))
     return concordant_minus_discordant / denom if denom else math.nan

@@ -75,17 +75,32 @@ def check_fallback(device: str) -> None:
     assert mask.count("b") == 1 and mask.indices("a").tolist() == list(range(124_999))
 
 
+def check_non_finite(device: str) -> None:
+    """NaN, +inf and -inf are counted in the band pass: the same one-line error, naming the tensor."""
+    import salience_bench as sb
+    from salience_bench import fast_topk
+
+    fast_topk.SAMPLE = 1024
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        scores = {"a": torch.rand(30_000, device=device), "b": torch.rand(20_000, device=device)}
+        scores["b"][7] = bad
+        assert fast_topk.usable(list(scores.values()))
+        with pytest.raises(sb.SalienceBenchError, match="scores of 'b' contain NaN or inf"):
+            sb.make_mask(scores, density=0.01)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON, reason="needs a CUDA GPU and Triton")
 def test_fast_topk_equals_torch_route_on_gpu(monkeypatch):
     monkeypatch.setenv("SALIENCE_BENCH_TRITON", "1")
     assert check_against_torch_route("cuda") >= 15
     check_fallback("cuda")
+    check_non_finite("cuda")
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (torch's CPU build)")
 def test_fast_topk_equals_torch_route_under_triton_interpreter():
-    code = ("from tests.test_fast_topk import check_against_torch_route, check_fallback;"
-            "n = check_against_torch_route('cpu'); check_fallback('cpu'); print('cases', n)")
+    code = ("from tests.test_fast_topk import check_against_torch_route, check_fallback, check_non_finite;"
+            "n = check_against_torch_route('cpu'); check_fallback('cpu'); check_non_finite('cpu'); print('cases', n)")
     env = dict(os.environ, TRITON_INTERPRET="1", SALIENCE_BENCH_TRITON="1")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
