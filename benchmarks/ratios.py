@@ -58,7 +58,8 @@ def main(argv=None) -> None:
     parser.add_argument("--p3-n", type=float, default=1e7, help="entries for P3 (default: 1e7)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--profile", action="store_true",
-                        help="P2: print the profiler's kernel table of one global top-k (masks written)")
+                        help="P2, P3: print the profiler's kernel tables (one global top-k with masks written; one "
+                             "Spearman and one Kendall call)")
     parser.add_argument("--torch-route", action="store_true",
                         help="P2: also time the pure-torch route (SALIENCE_BENCH_TRITON=0) beside the default")
     args = parser.parse_args(argv)
@@ -167,10 +168,14 @@ def p2(args) -> None:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             streaming_mask()
             _sync(args.device)
-        try:
-            print(prof.key_averages().table(sort_by="device_time_total", row_limit=15))
-        except (AttributeError, KeyError, ValueError):  # older torch names the column cuda_time_total
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
+        _print_profile(prof)
+
+
+def _print_profile(prof, rows: int = 15) -> None:
+    try:
+        print(prof.key_averages().table(sort_by="device_time_total", row_limit=rows))
+    except (AttributeError, KeyError, ValueError):  # older torch names the column cuda_time_total
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows))
 
 
 def p3(args) -> None:
@@ -198,6 +203,15 @@ def p3(args) -> None:
     print("|---|---:|---:|---:|---:|")
     for name, t_ours, t_ref, diff in rows:
         print(f"| {name} | {t_ours * 1e3:.1f} ms | {t_ref * 1e3:.0f} ms | {t_ref / t_ours:.0f}x | {diff:.1e} |")
+    if args.profile and args.device.startswith("cuda"):
+        from torch.profiler import ProfilerActivity, profile
+
+        for name, fn in (("Spearman", lambda: sb.spearman(xd, yd)), ("Kendall", lambda: sb.kendall(xd, yd))):
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                fn()
+                _sync(args.device)
+            print(f"\nprofile of one {name} call")
+            _print_profile(prof, rows=12)
 
 
 def p1(args) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -49,17 +49,25 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def available(device: torch.device | None) -> bool:
+    """Triton is installed, not switched off, and ``device`` is a CUDA device (any under the interpreter)."""
+    return (triton is not None and os.environ.get("SALIENCE_BENCH_TRITON", "1") != "0" and device is not None
+            and (device.type == "cuda" or _interpreting()))
+
+
+def sizes_fit(numels: Sequence[int]) -> bool:
+    """Each tensor under 2^31 − BLOCK entries (int32 offsets), more than 4 × SAMPLE in all (smaller: the torch
+    route is as fast)."""
+    return bool(numels) and max(numels) < 2**31 - BLOCK and sum(numels) > 4 * SAMPLE
+
+
 def usable(tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether the Triton route applies: stored float32 contiguous tensors on one CUDA device (any device
-    under Triton's interpreter), each under 2^31 entries, more than 4 × 2^20 entries in all."""
-    if triton is None or os.environ.get("SALIENCE_BENCH_TRITON", "1") == "0" or not tensors:
+    """Whether stored tensors take the Triton route: float32, contiguous, on one CUDA device, sizes that fit."""
+    if not tensors or not available(tensors[0].device):
         return False
     device = tensors[0].device
-    if not (device.type == "cuda" or _interpreting()):
-        return False
-    return (all(t.dtype == torch.float32 and t.is_contiguous() and t.device == device and t.numel() < 2**31
-                for t in tensors)
-            and sum(t.numel() for t in tensors) > 4 * SAMPLE)
+    return (all(t.dtype == torch.float32 and t.is_contiguous() and t.device == device for t in tensors)
+            and sizes_fit([t.numel() for t in tensors]))
 
 
 if triton is not None:
@@ -84,38 +92,43 @@ if triton is not None:
         return lo.to(tl.int32)
 
     @triton.jit
-    def _sample_kernel(ptrs, elem_start, stride, m, out, num, steps: tl.constexpr,
+    def _sample_kernel(ptrs, elem_start, stride, first, end, elem_base, out, num, steps: tl.constexpr,
                        BLOCK_S: tl.constexpr):
-        i = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
-        valid = i < m
-        g = i.to(tl.int64) * stride
+        """Sample entries first … end-1 (global sample index i is the entry i·stride of the concatenation)."""
+        i = first + tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+        valid = i < end
+        g = i.to(tl.int64) * stride - elem_base
         t = _find(elem_start, g, num, steps)
         base = tl.load(ptrs + t, mask=valid, other=0).to(tl.pointer_type(tl.float32))
         x = tl.load(base + (g - tl.load(elem_start + t, mask=valid, other=0)), mask=valid, other=0.0)
         tl.store(out + i, _ordered(x), mask=valid)
 
     @triton.jit
-    def _block_scores(ptrs, numels, first_block, num, steps: tl.constexpr, BLOCK_: tl.constexpr):
-        """This program's block: its scores' keys, which lanes hold scores, their offsets in the tensor."""
+    def _block_scores(ptrs, numels, first_block, block_base, num, steps: tl.constexpr, BLOCK_: tl.constexpr):
+        """This program's block: its global index, its scores' keys, which lanes hold scores, their offsets
+        in the tensor (``first_block`` is the group's own table; ``block_base`` its first global block)."""
         b = tl.program_id(0)
         t = _find(first_block, b.to(tl.int64), num, steps)
         base = tl.load(ptrs + t).to(tl.pointer_type(tl.float32))
         offs = (b - tl.load(first_block + t)).to(tl.int32) * BLOCK_ + tl.arange(0, BLOCK_)
         valid = offs < tl.load(numels + t)
         key = _ordered(tl.load(base + offs, mask=valid, other=0.0))
-        return b, key, valid, offs
+        return block_base + b, key, valid, offs
 
     @triton.jit
-    def _band_kernel(ptrs, numels, first_block, hi_key, lo_key, above, cand_keys, cand_order, counters, region,
-                     non_finite, num, steps: tl.constexpr, BLOCK_: tl.constexpr, REGIONS: tl.constexpr):
-        b, key, valid, _ = _block_scores(ptrs, numels, first_block, num, steps, BLOCK_)
-        tl.store(above + b, tl.sum((valid & (key > hi_key)).to(tl.int32), axis=0))
-        # ±inf and NaN: keys from +inf's up, and from -inf's down (-inf's bits 0xFF800000 map to -2139095041)
-        bad = tl.sum((valid & ((key >= 0x7F800000) | (key <= -2139095041))).to(tl.int32), axis=0)
-        if bad > 0:
-            tl.atomic_add(non_finite, bad)
+    def _band_kernel(ptrs, numels, first_block, block_base, hi_key, lo_key, above, cand_keys, cand_order, counters,
+                     region, non_finite, num, steps: tl.constexpr, BLOCK_: tl.constexpr, REGIONS: tl.constexpr):
+        b, key, valid, _ = _block_scores(ptrs, numels, first_block, block_base, num, steps, BLOCK_)
         band = (valid & (key >= lo_key) & (key <= hi_key)).to(tl.int32)
-        count = tl.sum(band, axis=0)
+        # ±inf and NaN: keys from +inf's up, and from -inf's down (-inf's bits 0xFF800000 map to -2139095041)
+        bad = valid & ((key >= 0x7F800000) | (key <= -2139095041))
+        # Three counts (each ≤ 4096 < 2^21) in one reduction: fields of 21 bits of an int64
+        packed = tl.sum((valid & (key > hi_key)).to(tl.int64) | (band.to(tl.int64) << 21) | (bad.to(tl.int64) << 42),
+                        axis=0)
+        tl.store(above + b, (packed & 0x1FFFFF).to(tl.int32))
+        count = ((packed >> 21) & 0x1FFFFF).to(tl.int32)
+        if (packed >> 42) > 0:
+            tl.atomic_add(non_finite, (packed >> 42).to(tl.int32))
         if count > 0:
             # Blocks append to one of REGIONS buffer regions (one counter each): a single shared counter
             # serialised the atomics of every block. The buffer's order is arbitrary; each entry keeps its order.
@@ -138,51 +151,79 @@ if triton is not None:
         tl.atomic_add(counts + (order >> 12), 1, mask=chosen)  # integer adds: the same sums in any order
 
     @triton.jit
-    def _write_kernel(ptrs, numels, first_block, threshold, last_tie, offsets, out,
+    def _write_kernel(ptrs, numels, first_block, block_base, threshold, last_tie, offsets, out,
                       num, steps: tl.constexpr, BLOCK_: tl.constexpr):
-        b, key, valid, offs = _block_scores(ptrs, numels, first_block, num, steps, BLOCK_)
+        b, key, valid, offs = _block_scores(ptrs, numels, first_block, block_base, num, steps, BLOCK_)
         order = (b.to(tl.int64) << 12) | tl.arange(0, BLOCK_).to(tl.int64)
         chosen = (valid & ((key > threshold) | ((key == threshold) & (order <= last_tie)))).to(tl.int32)
         slot = tl.load(offsets + b) + tl.cumsum(chosen, axis=0) - 1
         tl.store(out + slot, offs, mask=chosen > 0)
 
 
-class _Tables:
-    """Addresses, sizes and first global block of every tensor, on the tensors' device."""
+class Source:
+    """Score tensors walked in groups, one group in memory at a time: stored tensors are one group; scores
+    computed on access are grouped so that a group holds no more entries than the largest tensor (the extra
+    memory of the route stays about one largest tensor).
 
-    def __init__(self, tensors: Sequence[torch.Tensor]):
-        device = tensors[0].device
-        numels = [t.numel() for t in tensors]
-        blocks = [-(-n // BLOCK) for n in numels]
-        self.num = len(tensors)
-        self.steps = 1 << max(0, math.ceil(math.log2(math.ceil(math.log2(self.num + 1)))))  # 1, 2, 4, 8, 16 ...
-        self.total = sum(numels)
-        self.num_blocks = sum(blocks)
-        first, elem = [0], [0]
-        for n, nb in zip(numels, blocks):
-            first.append(first[-1] + nb)
-            elem.append(elem[-1] + n)
-        host = torch.tensor([t.data_ptr() for t in tensors] + numels + first + elem, dtype=torch.int64)
-        table = host.to(device, non_blocking=True)
-        n = self.num
-        self.ptrs, self.numels = table[:n], table[n:2 * n]
-        self.first_block, self.elem_start = table[2 * n:3 * n + 1], table[3 * n + 1:]
-        self.first_block_host = first
+    ``get(start, stop)`` returns tensors ``start … stop-1`` as contiguous float32 tensors on ``device``."""
+
+    def __init__(self, numels: Sequence[int], get: Callable[[int, int], list[torch.Tensor]], device: torch.device,
+                 group_numel: int | None = None):
+        self.numels, self.get, self.device = list(numels), get, device
+        self.total = sum(self.numels)
+        blocks = [-(-n // BLOCK) for n in self.numels]
+        self.first_block, self.elem_start = [0], [0]
+        for n, nb in zip(self.numels, blocks):
+            self.first_block.append(self.first_block[-1] + nb)
+            self.elem_start.append(self.elem_start[-1] + n)
+        self.num_blocks = self.first_block[-1]
+        self.groups: list[tuple[int, int]] = []
+        limit = self.total if group_numel is None else max(group_numel, max(self.numels, default=0))
+        start = 0
+        for i in range(1, len(self.numels) + 1):
+            if i == len(self.numels) or self.elem_start[i + 1] - self.elem_start[start] > limit:
+                self.groups.append((start, i))
+                start = i
+
+    @classmethod
+    def stored(cls, tensors: Sequence[torch.Tensor]) -> "Source":
+        return cls([t.numel() for t in tensors], lambda a, b: list(tensors[a:b]), tensors[0].device)
+
+    def walk(self):
+        """Per group: (its first tensor, its table on the device: pointers, sizes, first blocks and first
+        entries relative to the group, the number of tensors, the search's step count). The group's tensors
+        are dropped when the walk moves on — safe while kernels still read them, as the caching allocator
+        reuses memory in stream order."""
+        for a, b in self.groups:
+            tensors = self.get(a, b)
+            n = b - a
+            fb, es = self.first_block[a:b + 1], self.elem_start[a:b + 1]
+            host = torch.tensor([t.data_ptr() for t in tensors] + self.numels[a:b] + [x - fb[0] for x in fb]
+                                + [x - es[0] for x in es], dtype=torch.int64)
+            table = host.to(self.device, non_blocking=True)
+            steps = 1 << max(0, math.ceil(math.log2(math.ceil(math.log2(n + 1)))))  # 1, 2, 4, 8, 16 …: few compiles
+            yield a, (table[:n], table[n:2 * n], table[2 * n:3 * n + 1], table[3 * n + 1:], n, steps)
+            del tensors
 
 
-def _bracket(tables: _Tables, k: int, device: torch.device) -> tuple[int, int, int]:
+def _bracket(source: Source, k: int) -> tuple[int, int, int]:
     """(lo key, hi key, expected band size): sample order statistics around the k-th largest."""
-    stride = -(-tables.total // SAMPLE)
-    m = -(-tables.total // stride)
-    sample = torch.empty(m, dtype=torch.int32, device=device)
-    _sample_kernel[(triton.cdiv(m, 1024),)](tables.ptrs, tables.elem_start, stride, m, sample,
-                                            num=tables.num, steps=tables.steps, BLOCK_S=1024)
-    q = k / tables.total
+    stride = -(-source.total // SAMPLE)
+    m = -(-source.total // stride)
+    sample = torch.empty(m, dtype=torch.int32, device=source.device)
+    for a, (ptrs, _, _, elem_start, num, steps) in source.walk():
+        base = source.elem_start[a]
+        group_end = source.elem_start[a + num]
+        first, end = -(-base // stride), -(-group_end // stride)
+        if end > first:
+            _sample_kernel[(triton.cdiv(end - first, 1024),)](ptrs, elem_start, stride, first, end, base, sample,
+                                                              num=num, steps=steps, BLOCK_S=1024)
+    q = k / source.total
     margin = int(4 * (m * q * (1 - q)) ** 0.5) + 16
     hi_rank, lo_rank = int(q * m) - margin, int(q * m) + margin  # ranks from the top, 0-based
     ranks = [r for r in (hi_rank, lo_rank) if 0 <= r < m]
     ascending = torch.sort(sample).values  # one sort: torch.kthvalue on one long row is far slower on a GPU
-    values = ascending[torch.tensor([m - 1 - r for r in ranks], device=device)].tolist() if ranks else []
+    values = ascending[torch.tensor([m - 1 - r for r in ranks], device=source.device)].tolist() if ranks else []
     hi = values.pop(0) if 0 <= hi_rank < m else _INT32_MAX
     lo = values.pop(0) if 0 <= lo_rank < m else _INT32_MIN
     expected = (min(lo_rank, m - 1) - max(hi_rank, 0) + 1) * stride
@@ -192,27 +233,28 @@ def _bracket(tables: _Tables, k: int, device: torch.device) -> tuple[int, int, i
 REGIONS = 64
 
 
-def _threshold(tensors: Sequence[torch.Tensor], k: int):
+def _threshold(source: Source, k: int):
     """The band pass and the exact k-th largest key; None where the bracket misses or the buffer overflows.
-    Raises where a score is NaN or infinite (the band pass counts them)."""
-    device = tensors[0].device
-    tables = _Tables(tensors)
-    if not 0 < k <= tables.total:
+    Raises :class:`NonFiniteScores` where a score is NaN or infinite (the band pass counts them)."""
+    device = source.device
+    if not 0 < k <= source.total:
         return None
-    lo, hi, expected = _bracket(tables, k, device)
+    lo, hi, expected = _bracket(source, k)
     region = int(1.5 * expected / REGIONS) + 1024
-    above = torch.empty(tables.num_blocks, dtype=torch.int32, device=device)
+    above = torch.empty(source.num_blocks, dtype=torch.int32, device=device)
     cand_keys = torch.empty(region * REGIONS, dtype=torch.int32, device=device)
     cand_order = torch.empty(region * REGIONS, dtype=torch.int64, device=device)
     counters = torch.zeros(REGIONS + 1, dtype=torch.int32, device=device)  # the last counts non-finite scores
-    _band_kernel[(tables.num_blocks,)](tables.ptrs, tables.numels, tables.first_block, hi, lo, above,
-                                       cand_keys, cand_order, counters, region, counters[REGIONS:],
-                                       num=tables.num, steps=tables.steps, BLOCK_=BLOCK, REGIONS=REGIONS,
-                                       num_warps=8)
+    for a, (ptrs, numels, first_block, _, num, steps) in source.walk():
+        blocks = source.first_block[a + num] - source.first_block[a]
+        if blocks:
+            _band_kernel[(blocks,)](ptrs, numels, first_block, source.first_block[a], hi, lo, above,
+                                    cand_keys, cand_order, counters, region, counters[REGIONS:],
+                                    num=num, steps=steps, BLOCK_=BLOCK, REGIONS=REGIONS, num_warps=8)
     read = torch.cat([above.sum(dtype=torch.int64).reshape(1), counters.long()]).tolist()
     above_n, filled, non_finite = read[0], read[1:-1], read[-1]
     if non_finite:
-        raise _non_finite_error(tensors)
+        raise _non_finite_error(source)
     in_band = sum(filled)
     if max(filled) > region or not above_n < k <= above_n + in_band:
         return None
@@ -224,7 +266,7 @@ def _threshold(tensors: Sequence[torch.Tensor], k: int):
     strictly_above, equal, threshold = torch.stack([(keys > threshold).sum(), (keys == threshold).sum(),
                                                     threshold.long()]).tolist()
     take = rank - strictly_above
-    return tables, above, keys, order, threshold, take, equal, above_n + strictly_above
+    return above, keys, order, threshold, take, equal
 
 
 class NonFiniteScores(ValueError):
@@ -235,39 +277,43 @@ class NonFiniteScores(ValueError):
         self.index = index
 
 
-def _non_finite_error(tensors: Sequence[torch.Tensor]) -> NonFiniteScores:
-    return NonFiniteScores(next(i for i, t in enumerate(tensors) if not bool(torch.isfinite(t).all())))
+def _non_finite_error(source: Source) -> NonFiniteScores:
+    bad = next(i for i in range(len(source.numels)) if not bool(torch.isfinite(source.get(i, i + 1)[0]).all()))
+    return NonFiniteScores(bad)
 
 
-def kth_largest_key(tensors: Sequence[torch.Tensor], k: int) -> tuple[int, int] | None:
-    """As :func:`salience_bench.masks.kth_largest_key`, in two launches; None → use the torch route."""
-    found = _threshold(tensors, k)
+def kth_largest_key(source: Source, k: int) -> tuple[int, int] | None:
+    """As :func:`salience_bench.masks.kth_largest_key`: a sample and one pass; None → use the torch route."""
+    found = _threshold(source, k)
     if found is None:
         return None
-    _, _, _, _, threshold, take, _, _ = found
+    _, _, _, threshold, take, _ = found
     return threshold, take
 
 
-def top_k_positions(tensors: Sequence[torch.Tensor], k: int) -> list[torch.Tensor] | None:
+def top_k_positions(source: Source, k: int) -> list[torch.Tensor] | None:
     """Each tensor's sorted int32 flat positions of the global top k (ties by tensor order, then position):
     views into one buffer of k entries. None → use the torch route."""
-    found = _threshold(tensors, k)
+    found = _threshold(source, k)
     if found is None:
         return None
-    tables, above, keys, order, threshold, take, equal, _ = found
-    device = tensors[0].device
+    above, keys, order, threshold, take, equal = found
+    device = source.device
     if take < equal:  # not every tie is taken: the last one taken is the take-th in global order
         last_tie = int(torch.sort(torch.where(keys == threshold, order, torch.iinfo(torch.int64).max)).values[take - 1])
     else:
         last_tie = torch.iinfo(torch.int64).max
-    counts = above.to(torch.int32)
+    counts = above  # becomes the selected count of every block
     if keys.numel():
         _count_kernel[(triton.cdiv(keys.numel(), 1024),)](keys, order, keys.numel(), threshold, last_tie, counts,
                                                          BLOCK_C=1024)
     ends = counts.cumsum(0, dtype=torch.int64)
     offsets = ends - counts
     out = torch.empty(k, dtype=torch.int32, device=device)
-    _write_kernel[(tables.num_blocks,)](tables.ptrs, tables.numels, tables.first_block, threshold, last_tie,
-                                        offsets, out, num=tables.num, steps=tables.steps, BLOCK_=BLOCK, num_warps=8)
-    starts = torch.cat([offsets, ends[-1:]])[torch.tensor(tables.first_block_host, device=device)].tolist()
+    for a, (ptrs, numels, first_block, _, num, steps) in source.walk():
+        blocks = source.first_block[a + num] - source.first_block[a]
+        if blocks:
+            _write_kernel[(blocks,)](ptrs, numels, first_block, source.first_block[a], threshold, last_tie, offsets,
+                                     out, num=num, steps=steps, BLOCK_=BLOCK, num_warps=8)
+    starts = torch.cat([offsets, ends[-1:]])[torch.tensor(source.first_block, device=device)].tolist()
     return [out[a:b] for a, b in zip(starts[:-1], starts[1:])]

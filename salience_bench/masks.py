@@ -56,21 +56,34 @@ def kth_largest_key(scores: Mapping[str, torch.Tensor], k: int) -> tuple[int, in
     return bracketed if bracketed is not None else radix_kth_largest_key(scores, k)
 
 
-def _stored_for_triton(scores: Mapping[str, torch.Tensor]) -> list[torch.Tensor] | None:
-    """The score tensors, where they are stored (not computed on access) and the Triton route applies."""
-    if not isinstance(scores, dict):
+def _triton_source(scores: Mapping[str, torch.Tensor]) -> "fast_topk.Source | None":
+    """The scores as a source for the Triton route, where it applies: stored tensors as they are; scores
+    computed on access (a mapping with ``shape_of`` and ``device``) in groups no larger than the largest tensor,
+    each computed when the route's pass reaches it."""
+    if isinstance(scores, dict):
+        tensors = [s.detach() for s in scores.values()]
+        return fast_topk.Source.stored(tensors) if fast_topk.usable(tensors) else None
+    shape_of, device = getattr(scores, "shape_of", None), getattr(scores, "device", None)
+    if shape_of is None or not fast_topk.available(device):
         return None
-    tensors = [s.detach() for s in scores.values()]
-    return tensors if fast_topk.usable(tensors) else None
+    names = list(scores)
+    numels = [math.prod(shape_of(n)) for n in names]
+    if not fast_topk.sizes_fit(numels):
+        return None
+
+    def get(start: int, stop: int) -> list[torch.Tensor]:
+        return [scores[n].detach().to(device=device, dtype=torch.float32).contiguous() for n in names[start:stop]]
+
+    return fast_topk.Source(numels, get, device, group_numel=max(numels))
 
 
 def _on_triton(route, scores: Mapping[str, torch.Tensor], k: int):
-    """``route(tensors, k)`` on the Triton path, or None where it does not apply or declines."""
-    stored = _stored_for_triton(scores)
-    if stored is None:
+    """``route(source, k)`` on the Triton path, or None where it does not apply or declines."""
+    source = _triton_source(scores)
+    if source is None:
         return None
     try:
-        return route(stored, k)
+        return route(source, k)
     except fast_topk.NonFiniteScores as bad:
         raise _non_finite(list(scores)[bad.index]) from None
 
@@ -359,16 +372,22 @@ class MaskSpec:
             raise SalienceBenchError(f"scores must be a non-empty dict of tensors by name, got {type(scores).__name__}"
                                      + (" (empty)" if isinstance(scores, Mapping) else ""))
         shapes, bad = {}, None
-        # The Triton route of the global top-k counts NaN and inf in its own pass over the scores.
-        checked_on_the_way = (self.structure, self.scope) == ("unstructured", "global") and all(
-            isinstance(s, torch.Tensor) for s in scores.values()) and _stored_for_triton(scores) is not None
-        for name, s in scores.items():  # one tensor at a time (scores may be computed on access)
-            if not isinstance(s, torch.Tensor):
-                raise SalienceBenchError(f"scores of {name!r} must be a tensor, got {type(s).__name__}")
-            if s.is_floating_point() and not checked_on_the_way:  # a running count on the device: one host read for all tensors
-                count = s.numel() - torch.isfinite(s).count_nonzero()
-                bad = count if bad is None else bad + count
-            shapes[name] = s.shape
+        if ((self.structure, self.scope) == ("unstructured", "global") and not isinstance(scores, dict)
+                and _triton_source(scores) is not None):
+            # Scores computed on access, on the Triton route: it counts NaN and inf in its own pass, so they are
+            # not computed an extra time here; shapes come from the mapping.
+            shapes = {name: scores.shape_of(name) for name in scores}
+        else:
+            checked_on_the_way = ((self.structure, self.scope) == ("unstructured", "global") and isinstance(scores, dict)
+                                  and all(isinstance(s, torch.Tensor) for s in scores.values())
+                                  and _triton_source(scores) is not None)
+            for name, s in scores.items():  # one tensor at a time (scores may be computed on access)
+                if not isinstance(s, torch.Tensor):
+                    raise SalienceBenchError(f"scores of {name!r} must be a tensor, got {type(s).__name__}")
+                if s.is_floating_point() and not checked_on_the_way:  # a running count on the device: one host read
+                    count = s.numel() - torch.isfinite(s).count_nonzero()
+                    bad = count if bad is None else bad + count
+                shapes[name] = s.shape
         if bad is not None and int(bad):
             raise _non_finite(next(n for n, s in scores.items() if s.is_floating_point() and not torch.isfinite(s).all()))
         self.check_shapes(shapes)

@@ -91,6 +91,13 @@ class MetricScores(Mapping[str, torch.Tensor]):
     def shape_of(self, name: str) -> torch.Size:
         return self.params[name].shape
 
+    @property
+    def device(self) -> torch.device | None:
+        """Where the scores are computed (None when sharded: rank 0 assembles them from every rank)."""
+        if self.server is not None or not self.params:
+            return None
+        return next(iter(self.params.values())).device
+
 
 def _gradient_hooks(params: Mapping[str, nn.Parameter], accumulators: Sequence[Accumulator]):
     """Post-accumulate-grad hooks: each gradient goes to the accumulators as float32, then is freed."""

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,30 @@ def _cases(device: str):
             yield scores, k
 
 
+class ComputedOnAccess(Mapping):
+    """Scores computed when read (as salience_bench.scoring.MetricScores): shape_of and device, no storage."""
+
+    def __init__(self, stored: dict[str, torch.Tensor]):
+        self.stored, self.reads = stored, 0
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        self.reads += 1
+        return self.stored[name] * 1.0  # a fresh tensor each time
+
+    def __iter__(self):
+        return iter(self.stored)
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    def shape_of(self, name: str) -> torch.Size:
+        return self.stored[name].shape
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.stored.values())).device
+
+
 def check_against_torch_route(device: str) -> int:
     """Fast route == torch route (positions, threshold and tie count) for every case; returns the cases run."""
     from salience_bench import fast_topk, masks
@@ -48,8 +73,8 @@ def check_against_torch_route(device: str) -> int:
         reference = masks.top_k_mask(scores, k)
         ref_key = masks.kth_largest_key(scores, k)
         os.environ["SALIENCE_BENCH_TRITON"] = "1"
-        positions = fast_topk.top_k_positions(tensors, k)
-        key = fast_topk.kth_largest_key(tensors, k)
+        positions = fast_topk.top_k_positions(fast_topk.Source.stored(tensors), k)
+        key = fast_topk.kth_largest_key(fast_topk.Source.stored(tensors), k)
         if positions is None:  # the bracket missed: allowed, but must be rare; the caller then uses the torch route
             assert key is None
             continue
@@ -59,6 +84,13 @@ def check_against_torch_route(device: str) -> int:
             assert torch.equal(got.long().cpu(), reference.indices(name).long().cpu()), (name, k)
         through_api = masks.top_k_mask(scores, k)  # and the public function takes this route
         assert all(torch.equal(through_api[n].cpu(), reference[n].cpu()) for n in scores)
+        lazy = ComputedOnAccess(scores)  # in groups no larger than the largest tensor, each computed per pass
+        source = masks._triton_source(lazy)
+        assert source is not None and len(source.groups) > 1
+        grouped = fast_topk.top_k_positions(source, k)
+        if grouped is not None:
+            assert all(torch.equal(g.cpu(), p.cpu()) for g, p in zip(grouped, positions)), k
+            assert lazy.reads == 3 * len(scores)  # sample, band and write passes: three computations per tensor
         ran += 1
     return ran
 
@@ -70,7 +102,7 @@ def check_fallback(device: str) -> None:
     fast_topk.SAMPLE = 1024
     scores = {"a": torch.zeros(150_000, device=device), "b": torch.zeros(100_000, device=device)}
     scores["b"][5] = 1.0
-    assert fast_topk.top_k_positions(list(scores.values()), 125_000) is None
+    assert fast_topk.top_k_positions(fast_topk.Source.stored(list(scores.values())), 125_000) is None
     mask = masks.top_k_mask(scores, 125_000)
     assert mask.count("b") == 1 and mask.indices("a").tolist() == list(range(124_999))
 
@@ -85,8 +117,9 @@ def check_non_finite(device: str) -> None:
         scores = {"a": torch.rand(30_000, device=device), "b": torch.rand(20_000, device=device)}
         scores["b"][7] = bad
         assert fast_topk.usable(list(scores.values()))
-        with pytest.raises(sb.SalienceBenchError, match="scores of 'b' contain NaN or inf"):
-            sb.make_mask(scores, density=0.01)
+        for given in (scores, ComputedOnAccess(scores)):
+            with pytest.raises(sb.SalienceBenchError, match="scores of 'b' contain NaN or inf"):
+                sb.make_mask(given, density=0.01)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON, reason="needs a CUDA GPU and Triton")
