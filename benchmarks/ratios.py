@@ -58,8 +58,8 @@ def main(argv=None) -> None:
     parser.add_argument("--p3-n", type=float, default=1e7, help="entries for P3 (default: 1e7)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--profile", action="store_true",
-                        help="P2, P3: print the profiler's kernel tables (one global top-k with masks written; one "
-                             "Spearman and one Kendall call)")
+                        help="print the profiler's kernel tables (P1: one forward+backward and one grad scoring; P2: one "
+                             "global top-k with masks written; P3: one Spearman and one Kendall call)")
     parser.add_argument("--torch-route", action="store_true",
                         help="P2: also time the pure-torch route (SALIENCE_BENCH_TRITON=0) beside the default")
     args = parser.parse_args(argv)
@@ -249,6 +249,11 @@ def p1(args) -> None:
         "five (grad,snip,plain,taylor_fo,magnitude)": lambda: sb.score(model, batches, FIVE, params=params),
         "fisher": lambda: sb.score(model, batches, ["fisher"], params=params),
         "five + fisher": lambda: sb.score(model, batches, [*FIVE, "fisher"], params=params),
+        # The scoring pass runs deterministic kernels by default (masks that repeat bit for bit on a GPU); the
+        # bare forward+backward above does not. These two rows separate that choice's cost from the scoring's.
+        "grad, fast kernels (deterministic=False)": lambda: sb.score(model, batches, ["grad"], params=params,
+                                                                     deterministic=False),
+        "forward+backward, deterministic kernels": lambda: _deterministic(forward_backward, model, batches, params),
     }
     variants["grad"]()  # warm-up (allocator, kernels)
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -268,6 +273,24 @@ def p1(args) -> None:
     for name, t in med.items():
         runs = ", ".join(f"{x:.3f}" for x in times[name])
         print(f"| {name} | {t:.3f} | {t / floor:.3f} | {t / grad:.3f} | {runs} |")
+    if args.profile and args.device.startswith("cuda"):
+        from torch.profiler import ProfilerActivity, profile
+
+        for name in ("forward+backward", "grad"):
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                variants[name]()
+                sync()
+            print(f"\nprofile of one {name} run")
+            _print_profile(prof, rows=12)
+
+
+def _deterministic(fn, *args):
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return fn(*args)
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 if __name__ == "__main__":
