@@ -43,6 +43,7 @@ BLOCK = 4096  # scores per program; the order of an entry is (global block << 12
 _BLOCK_BITS = 12
 SAMPLE = 1 << 20
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+SEARCH_STEPS = 16  # a fixed binary-search depth (up to 65,535 tensors a group): one compile for any tensor count
 
 
 def _interpreting() -> bool:
@@ -91,7 +92,9 @@ if triton is not None:
             hi = tl.where(go_right, hi, mid)
         return lo.to(tl.int32)
 
-    @triton.jit
+    # Integer arguments are not specialised (Triton would compile a variant for values equal to 1 or divisible
+    # by 16); with the fixed search depth below, each kernel compiles once per process.
+    @triton.jit(do_not_specialize=["stride", "first", "end", "elem_base", "num"])
     def _sample_kernel(ptrs, elem_start, stride, first, end, elem_base, out, num, steps: tl.constexpr,
                        BLOCK_S: tl.constexpr):
         """Sample entries first … end-1 (global sample index i is the entry i·stride of the concatenation)."""
@@ -115,7 +118,7 @@ if triton is not None:
         key = _ordered(tl.load(base + offs, mask=valid, other=0.0))
         return block_base + b, key, valid, offs
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["block_base", "hi_key", "lo_key", "region", "num"])
     def _band_kernel(ptrs, numels, first_block, block_base, hi_key, lo_key, above, cand_keys, cand_order, counters,
                      region, non_finite, num, steps: tl.constexpr, BLOCK_: tl.constexpr, REGIONS: tl.constexpr):
         b, key, valid, _ = _block_scores(ptrs, numels, first_block, block_base, num, steps, BLOCK_)
@@ -141,8 +144,9 @@ if triton is not None:
             tl.store(cand_order + r * region + slot, order, mask=keep)
 
 
-    @triton.jit
-    def _count_kernel(cand_keys, cand_order, n, threshold, last_tie, counts, BLOCK_C: tl.constexpr):
+    @triton.jit(do_not_specialize=["n"])
+    def _count_kernel(cand_keys, cand_order, n, limits, counts, BLOCK_C: tl.constexpr):
+        threshold, last_tie = tl.load(limits).to(tl.int32), tl.load(limits + 1)
         i = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
         valid = i < n
         key = tl.load(cand_keys + i, mask=valid, other=0)
@@ -150,9 +154,10 @@ if triton is not None:
         chosen = valid & ((key > threshold) | ((key == threshold) & (order <= last_tie)))
         tl.atomic_add(counts + (order >> 12), 1, mask=chosen)  # integer adds: the same sums in any order
 
-    @triton.jit
-    def _write_kernel(ptrs, numels, first_block, block_base, threshold, last_tie, offsets, out,
+    @triton.jit(do_not_specialize=["block_base", "num"])
+    def _write_kernel(ptrs, numels, first_block, block_base, limits, offsets, out,
                       num, steps: tl.constexpr, BLOCK_: tl.constexpr):
+        threshold, last_tie = tl.load(limits).to(tl.int32), tl.load(limits + 1)
         b, key, valid, offs = _block_scores(ptrs, numels, first_block, block_base, num, steps, BLOCK_)
         order = (b.to(tl.int64) << 12) | tl.arange(0, BLOCK_).to(tl.int64)
         chosen = (valid & ((key > threshold) | ((key == threshold) & (order <= last_tie)))).to(tl.int32)
@@ -201,7 +206,7 @@ class Source:
             host = torch.tensor([t.data_ptr() for t in tensors] + self.numels[a:b] + [x - fb[0] for x in fb]
                                 + [x - es[0] for x in es], dtype=torch.int64)
             table = host.to(self.device, non_blocking=True)
-            steps = 1 << max(0, math.ceil(math.log2(math.ceil(math.log2(n + 1)))))  # 1, 2, 4, 8, 16 …: few compiles
+            steps = SEARCH_STEPS if n < 2**SEARCH_STEPS else math.ceil(math.log2(n + 1))
             yield a, (table[:n], table[n:2 * n], table[2 * n:3 * n + 1], table[3 * n + 1:], n, steps)
             del tensors
 
@@ -303,17 +308,17 @@ def top_k_positions(source: Source, k: int) -> list[torch.Tensor] | None:
         last_tie = int(torch.sort(torch.where(keys == threshold, order, torch.iinfo(torch.int64).max)).values[take - 1])
     else:
         last_tie = torch.iinfo(torch.int64).max
+    limits = torch.tensor([threshold, last_tie], dtype=torch.int64).to(device, non_blocking=True)
     counts = above  # becomes the selected count of every block
     if keys.numel():
-        _count_kernel[(triton.cdiv(keys.numel(), 1024),)](keys, order, keys.numel(), threshold, last_tie, counts,
-                                                         BLOCK_C=1024)
+        _count_kernel[(triton.cdiv(keys.numel(), 1024),)](keys, order, keys.numel(), limits, counts, BLOCK_C=1024)
     ends = counts.cumsum(0, dtype=torch.int64)
     offsets = ends - counts
     out = torch.empty(k, dtype=torch.int32, device=device)
     for a, (ptrs, numels, first_block, _, num, steps) in source.walk():
         blocks = source.first_block[a + num] - source.first_block[a]
         if blocks:
-            _write_kernel[(blocks,)](ptrs, numels, first_block, source.first_block[a], threshold, last_tie, offsets,
+            _write_kernel[(blocks,)](ptrs, numels, first_block, source.first_block[a], limits, offsets,
                                      out, num=num, steps=steps, BLOCK_=BLOCK, num_warps=8)
     starts = torch.cat([offsets, ends[-1:]])[torch.tensor(source.first_block, device=device)].tolist()
     return [out[a:b] for a, b in zip(starts[:-1], starts[1:])]

@@ -99,20 +99,48 @@ class MetricScores(Mapping[str, torch.Tensor]):
         return next(iter(self.params.values())).device
 
 
-def _gradient_hooks(params: Mapping[str, nn.Parameter], accumulators: Sequence[Accumulator]):
-    """Post-accumulate-grad hooks: each gradient goes to the accumulators as float32, then is freed."""
-    stack = ExitStack()
-    for name, p in params.items():
-        def fold(param: torch.Tensor, name: str = name) -> None:
-            grad = local_tensor(param.grad).float()
-            if is_sharded(param):  # this rank's shard of the ranks' averaged gradients: their sum
-                grad = summed_gradient(grad)
-            for acc in accumulators:
-                acc.add_gradient(name, grad)
-            param.grad = None
+GRADIENT_BUCKET_BYTES = 64 << 20
 
-        stack.callback(p.register_post_accumulate_grad_hook(fold).remove)
-    return stack
+
+class _GradientFolder:
+    """Post-accumulate-grad hooks: each gradient is taken as float32 and freed from ``.grad`` at once; the
+    float32 copies wait in a bucket of at most ``GRADIENT_BUCKET_BYTES`` and go to the accumulators together
+    (one multi-tensor add per bucket, not one add per tensor from Python), and the rest when the batch's
+    backward ends (:meth:`flush`). Same sums bit for bit: each tensor's contribution is added once, in batch
+    order. Large tensors (an LLM's) fill a bucket each, as before; a small model's all go in one add."""
+
+    def __init__(self, params: Mapping[str, nn.Parameter], accumulators: Sequence[Accumulator]):
+        self.params, self.accumulators = params, accumulators
+        self.names: list[str] = []
+        self.grads: list[torch.Tensor] = []
+        self.bytes = 0
+
+    def __enter__(self) -> "_GradientFolder":
+        self.handles = [p.register_post_accumulate_grad_hook(lambda param, name=name: self._take(name, param))
+                        for name, p in self.params.items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.names, self.grads, self.bytes = [], [], 0
+
+    def _take(self, name: str, param: torch.Tensor) -> None:
+        grad = local_tensor(param.grad).float()
+        if is_sharded(param):  # this rank's shard of the ranks' averaged gradients: their sum
+            grad = summed_gradient(grad)
+        param.grad = None
+        self.names.append(name)
+        self.grads.append(grad)
+        self.bytes += grad.numel() * 4
+        if self.bytes >= GRADIENT_BUCKET_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.names:
+            for acc in self.accumulators:
+                acc.add_gradients(self.names, self.grads)
+        self.names, self.grads, self.bytes = [], [], 0
 
 
 def _run_pass(
@@ -131,8 +159,9 @@ def _run_pass(
     with ScoringMode(model, params, deterministic), ExitStack() as stack:
         for acc in accumulators:
             stack.enter_context(acc.hooks())
+        folder = None
         if backward:
-            stack.enter_context(_gradient_hooks(params, [a for a in accumulators if a.needs_backward]))
+            folder = stack.enter_context(_GradientFolder(params, [a for a in accumulators if a.needs_backward]))
         with torch.set_grad_enabled(backward):
             for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
                 check_batch(model, batch, num_batches)
@@ -142,6 +171,7 @@ def _run_pass(
                 loss = batch_loss(model, batch, num_batches)
                 if backward:
                     loss.backward()
+                    folder.flush()
                 num_batches += 1
     return num_batches
 

@@ -106,6 +106,12 @@ class Accumulator:
     def add_gradient(self, name: str, grad: torch.Tensor) -> None:
         """Fold in the float32 gradient of one scored tensor for the current batch."""
 
+    def add_gradients(self, names: list[str], grads: list[torch.Tensor]) -> None:
+        """Fold in several tensors' float32 gradients of the current batch (each tensor once per batch). The
+        default calls :meth:`add_gradient` for each; an accumulator may do them in one multi-tensor op."""
+        for name, grad in zip(names, grads):
+            self.add_gradient(name, grad)
+
     def to_all_reduce(self) -> list[torch.Tensor]:
         """Tensors (sums and counts) that are summed over processes in place before finalize."""
         return []

@@ -23,6 +23,13 @@ class _BatchGradientMean(Accumulator):
     def add_gradient(self, name: str, grad: torch.Tensor) -> None:
         self.sums[name].add_(self.transform(grad))
 
+    def add_gradients(self, names: list[str], grads: list[torch.Tensor]) -> None:
+        # One multi-tensor add (per-tensor adds from Python were a visible share of a small model's pass),
+        # unless a subclass folds gradients its own way in add_gradient.
+        if type(self).add_gradient is not _BatchGradientMean.add_gradient:
+            return super().add_gradients(names, grads)
+        torch._foreach_add_([self.sums[n] for n in names], [self.transform(g) for g in grads])
+
     def to_all_reduce(self) -> list[torch.Tensor]:
         # Sharded: each gradient shard already holds the sum over every process's batch of the step.
         return [] if self.sharded else list(self.sums.values())
