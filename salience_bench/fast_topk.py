@@ -39,8 +39,9 @@ try:  # optional: CUDA builds of torch bring Triton; the CPU build does not
 except ImportError:  # pragma: no cover - depends on the installed torch
     triton = None
 
-BLOCK = 4096  # scores per program; the order of an entry is (global block << 12) | offset in its block
-_BLOCK_BITS = 12
+BLOCK_BITS = 12
+BLOCK = 1 << BLOCK_BITS  # scores per program; the order of an entry is (global block << BLOCK_BITS) | offset in it
+NUM_WARPS = 8
 SAMPLE = 1 << 20
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 SEARCH_STEPS = 16  # a fixed binary-search depth (up to 65,535 tensors a group): one compile for any tensor count
@@ -120,7 +121,8 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["block_base", "hi_key", "lo_key", "region", "num"])
     def _band_kernel(ptrs, numels, first_block, block_base, hi_key, lo_key, above, cand_keys, cand_order, counters,
-                     region, non_finite, num, steps: tl.constexpr, BLOCK_: tl.constexpr, REGIONS: tl.constexpr):
+                     region, non_finite, num, steps: tl.constexpr, BLOCK_: tl.constexpr, REGIONS: tl.constexpr,
+                     BITS: tl.constexpr):
         b, key, valid, _ = _block_scores(ptrs, numels, first_block, block_base, num, steps, BLOCK_)
         band = (valid & (key >= lo_key) & (key <= hi_key)).to(tl.int32)
         # ±inf and NaN: keys from +inf's up, and from -inf's down (-inf's bits 0xFF800000 map to -2139095041)
@@ -139,27 +141,27 @@ if triton is not None:
             start = tl.atomic_add(counters + r, count)
             slot = start + tl.cumsum(band, axis=0) - 1
             keep = (band > 0) & (slot < region)
-            order = (b.to(tl.int64) << 12) | tl.arange(0, BLOCK_).to(tl.int64)
+            order = (b.to(tl.int64) << BITS) | tl.arange(0, BLOCK_).to(tl.int64)
             tl.store(cand_keys + r * region + slot, key, mask=keep)
             tl.store(cand_order + r * region + slot, order, mask=keep)
 
 
     @triton.jit(do_not_specialize=["n"])
-    def _count_kernel(cand_keys, cand_order, n, limits, counts, BLOCK_C: tl.constexpr):
+    def _count_kernel(cand_keys, cand_order, n, limits, counts, BLOCK_C: tl.constexpr, BITS: tl.constexpr):
         threshold, last_tie = tl.load(limits).to(tl.int32), tl.load(limits + 1)
         i = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
         valid = i < n
         key = tl.load(cand_keys + i, mask=valid, other=0)
         order = tl.load(cand_order + i, mask=valid, other=0)
         chosen = valid & ((key > threshold) | ((key == threshold) & (order <= last_tie)))
-        tl.atomic_add(counts + (order >> 12), 1, mask=chosen)  # integer adds: the same sums in any order
+        tl.atomic_add(counts + (order >> BITS), 1, mask=chosen)  # integer adds: the same sums in any order
 
     @triton.jit(do_not_specialize=["block_base", "num"])
     def _write_kernel(ptrs, numels, first_block, block_base, limits, offsets, out,
-                      num, steps: tl.constexpr, BLOCK_: tl.constexpr):
+                      num, steps: tl.constexpr, BLOCK_: tl.constexpr, BITS: tl.constexpr):
         threshold, last_tie = tl.load(limits).to(tl.int32), tl.load(limits + 1)
         b, key, valid, offs = _block_scores(ptrs, numels, first_block, block_base, num, steps, BLOCK_)
-        order = (b.to(tl.int64) << 12) | tl.arange(0, BLOCK_).to(tl.int64)
+        order = (b.to(tl.int64) << BITS) | tl.arange(0, BLOCK_).to(tl.int64)
         chosen = (valid & ((key > threshold) | ((key == threshold) & (order <= last_tie)))).to(tl.int32)
         slot = tl.load(offsets + b) + tl.cumsum(chosen, axis=0) - 1
         tl.store(out + slot, offs, mask=chosen > 0)
@@ -255,7 +257,8 @@ def _threshold(source: Source, k: int):
         if blocks:
             _band_kernel[(blocks,)](ptrs, numels, first_block, source.first_block[a], hi, lo, above,
                                     cand_keys, cand_order, counters, region, counters[REGIONS:],
-                                    num=num, steps=steps, BLOCK_=BLOCK, REGIONS=REGIONS, num_warps=8)
+                                    num=num, steps=steps, BLOCK_=BLOCK, REGIONS=REGIONS, BITS=BLOCK_BITS,
+                                    num_warps=NUM_WARPS)
     read = torch.cat([above.sum(dtype=torch.int64).reshape(1), counters.long()]).tolist()
     above_n, filled, non_finite = read[0], read[1:-1], read[-1]
     if non_finite:
@@ -311,7 +314,8 @@ def top_k_positions(source: Source, k: int) -> list[torch.Tensor] | None:
     limits = torch.tensor([threshold, last_tie], dtype=torch.int64).to(device, non_blocking=True)
     counts = above  # becomes the selected count of every block
     if keys.numel():
-        _count_kernel[(triton.cdiv(keys.numel(), 1024),)](keys, order, keys.numel(), limits, counts, BLOCK_C=1024)
+        _count_kernel[(triton.cdiv(keys.numel(), 1024),)](keys, order, keys.numel(), limits, counts, BLOCK_C=1024,
+                                                         BITS=BLOCK_BITS)
     ends = counts.cumsum(0, dtype=torch.int64)
     offsets = ends - counts
     out = torch.empty(k, dtype=torch.int32, device=device)
@@ -319,6 +323,6 @@ def top_k_positions(source: Source, k: int) -> list[torch.Tensor] | None:
         blocks = source.first_block[a + num] - source.first_block[a]
         if blocks:
             _write_kernel[(blocks,)](ptrs, numels, first_block, source.first_block[a], limits, offsets,
-                                     out, num=num, steps=steps, BLOCK_=BLOCK, num_warps=8)
+                                     out, num=num, steps=steps, BLOCK_=BLOCK, BITS=BLOCK_BITS, num_warps=NUM_WARPS)
     starts = torch.cat([offsets, ends[-1:]])[torch.tensor(source.first_block, device=device)].tolist()
     return [out[a:b] for a, b in zip(starts[:-1], starts[1:])]
