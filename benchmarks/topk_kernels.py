@@ -34,20 +34,20 @@ def main(argv=None) -> None:
     naive = _median_time(lambda: torch.topk(torch.cat([s.reshape(-1) for s in scores.values()]), k, sorted=False),
                          "cuda", args.repeats)
     reference = sb.make_mask(scores, k=k)
-    default = (fast_topk.BLOCK_BITS, fast_topk.NUM_WARPS)
+    default = (fast_topk.BLOCK_BITS, fast_topk.NUM_WARPS, fast_topk.REGIONS)
     print(f"{torch.cuda.get_device_name()}: {n:.0e} scores, concatenate + torch.topk {naive * 1e3:.2f} ms")
-    print("| block | warps | masks written | × naive |")
-    print("|---:|---:|---:|---:|")
-    for bits, warps in itertools.product((11, 12, 13, 14), (4, 8, 16)):
-        fast_topk.BLOCK_BITS, fast_topk.BLOCK, fast_topk.NUM_WARPS = bits, 1 << bits, warps
+    print("| block | warps | counter regions | masks written | × naive |")
+    print("|---:|---:|---:|---:|---:|")
+    for bits, warps, regions in itertools.product((11, 12), (4, 8), (64, 256, 1024, 4096)):
+        fast_topk.BLOCK_BITS, fast_topk.BLOCK, fast_topk.NUM_WARPS, fast_topk.REGIONS = bits, 1 << bits, warps, regions
         try:
             t = _median_time(lambda: sb.make_mask(scores, k=k), "cuda", args.repeats)
             same = all(torch.equal(sb.make_mask(scores, k=k).indices(m), reference.indices(m)) for m in scores)
         except Exception as error:  # a configuration the compiler refuses (registers, shared memory)
-            print(f"| {1 << bits} | {warps} | failed: {type(error).__name__} | |")
+            print(f"| {1 << bits} | {warps} | {regions} | failed: {type(error).__name__} | |")
             continue
-        print(f"| {1 << bits} | {warps} | {t * 1e3:.2f} ms | {t / naive:.2f}{'' if same else ' MASKS DIFFER'} |")
-    fast_topk.BLOCK_BITS, fast_topk.NUM_WARPS = default
+        print(f"| {1 << bits} | {warps} | {regions} | {t * 1e3:.2f} ms | {t / naive:.2f}{'' if same else ' MASKS DIFFER'} |")
+    fast_topk.BLOCK_BITS, fast_topk.NUM_WARPS, fast_topk.REGIONS = default
     fast_topk.BLOCK = 1 << default[0]
 
 
