@@ -39,9 +39,9 @@ try:  # optional: CUDA builds of torch bring Triton; the CPU build does not
 except ImportError:  # pragma: no cover - depends on the installed torch
     triton = None
 
-BLOCK_BITS = 12
+BLOCK_BITS = 11  # 2048 scores and 4 warps a program, 256 counter regions: the fastest of benchmarks/topk_kernels.py
 BLOCK = 1 << BLOCK_BITS  # scores per program; the order of an entry is (global block << BLOCK_BITS) | offset in it
-NUM_WARPS = 8
+NUM_WARPS = 4
 SAMPLE = 1 << 20
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 SEARCH_STEPS = 16  # a fixed binary-search depth (up to 65,535 tensors a group): one compile for any tensor count
@@ -127,7 +127,7 @@ if triton is not None:
         band = (valid & (key >= lo_key) & (key <= hi_key)).to(tl.int32)
         # ±inf and NaN: keys from +inf's up, and from -inf's down (-inf's bits 0xFF800000 map to -2139095041)
         bad = valid & ((key >= 0x7F800000) | (key <= -2139095041))
-        # Three counts (each ≤ 4096 < 2^21) in one reduction: fields of 21 bits of an int64
+        # Three counts (each ≤ BLOCK < 2^21) in one reduction: fields of 21 bits of an int64
         packed = tl.sum((valid & (key > hi_key)).to(tl.int64) | (band.to(tl.int64) << 21) | (bad.to(tl.int64) << 42),
                         axis=0)
         tl.store(above + b, (packed & 0x1FFFFF).to(tl.int32))
@@ -135,8 +135,7 @@ if triton is not None:
         if (packed >> 42) > 0:
             tl.atomic_add(non_finite, (packed >> 42).to(tl.int32))
         if count > 0:
-            # Blocks append to one of REGIONS buffer regions (one counter each): a single shared counter, then
-            # 64, serialised the atomics of the 244,000 blocks of 1e9 scores. The buffer's order is arbitrary; each entry keeps its order.
+            # Blocks append to one of the buffer's regions (one counter each) rather than all to one counter. The buffer's order is arbitrary; each entry keeps its order.
             r = b % regions
             start = tl.atomic_add(counters + r, count)
             slot = start + tl.cumsum(band, axis=0) - 1
@@ -237,7 +236,7 @@ def _bracket(source: Source, k: int) -> tuple[int, int, int]:
     return lo, hi, expected
 
 
-REGIONS = 1024  # counter regions of the band pass (blocks append to region b % REGIONS): less contention
+REGIONS = 256  # counter regions of the band pass (blocks append to region b % REGIONS)
 
 
 def _threshold(source: Source, k: int):
