@@ -93,6 +93,8 @@ def main(argv=None) -> None:
     parser.add_argument("--kendall-n", type=int, default=10**7, help="Kendall sample for the global pairs")
     parser.add_argument("--layer-kendall-n", type=int, default=20_000, help="Kendall sample per layer (the CLI's default)")
     parser.add_argument("--json", default=None, help="write the measurements here")
+    parser.add_argument("--nondeterministic", action="store_true",
+                        help="score with fast, order-varying GPU kernels (sb.score(..., deterministic=False))")
     args = parser.parse_args(argv)
     sb.runtime.quiet_transformers()
     shape = SHAPES[args.shape]
@@ -117,7 +119,8 @@ def main(argv=None) -> None:
     scores = None
     for label, metrics in (("grad", ["grad"]), ("five", FIVE), ("grad,snip,fisher", ["grad", "snip", "fisher"])):
         scores = None  # the previous run's accumulators go first
-        scores, t, p = measure(lambda: sb.score(model, batches, metrics, params=params), args.repeats)
+        scores, t, p = measure(lambda: sb.score(model, batches, metrics, params=params,
+                                                        deterministic=not args.nondeterministic), args.repeats)
         record(f"score {label}", t, p, x_forward_backward=t / t_fb, extra_over_fb_in_accumulators=(p - p_fb) / accumulator,
                peak_in_accumulators=p / accumulator)
     masks, t, p = measure(lambda: {m: sb.make_mask(s, density=0.01) for m, s in scores.items()})
@@ -160,6 +163,7 @@ def main(argv=None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=device_name, torch=torch.__version__, shape=args.shape, seq=args.seq,
+                           deterministic=not args.nondeterministic,
                            eligible=eligible, accumulator_bytes=accumulator, rows=rows,
                            global_rank_rows=global_rows.to_dict("records")), f, indent=2)
 
