@@ -151,11 +151,8 @@ def evaluate(model: nn.Module, batches: Sequence[dict], device: torch.device) ->
     for batch in batches:
         batch = to_device(batch, device)
         out = model(**batch)
-        units = loss_units(batch)  # a causal LM's loss is the mean over its target tokens
-        if units is not None:
-            n = int(units.sum())
-        else:
-            n = batch["labels"].shape[0]
+        n = _units(batch)  # a causal LM's loss is the mean over its target tokens, a classifier's over examples
+        if loss_units(batch) is None:
             regression = batch["labels"].is_floating_point()
             predictions.append((out.logits.reshape(-1) if regression else out.logits.argmax(-1)).float().cpu())
             targets.append(batch["labels"].float().cpu())
