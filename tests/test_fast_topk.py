@@ -1,4 +1,5 @@
-"""The multi-tensor Triton top-k (salience_bench.fast_topk) against the torch route, bitwise.
+"""The Triton routes against the torch routes: the multi-tensor top-k (salience_bench.fast_topk), bitwise, and
+Kendall's inversion count (salience_bench.fast_stats), exactly.
 
 On a GPU the kernels run compiled; on a CPU with Triton installed (pip's default CUDA build of torch brings
 it) they run under Triton's interpreter in a subprocess (TRITON_INTERPRET must be set before the kernels are
@@ -107,6 +108,27 @@ def check_fallback(device: str) -> None:
     assert mask.count("b") == 1 and mask.indices("a").tolist() == list(range(124_999))
 
 
+def check_inversions(device: str) -> None:
+    """The fused radix levels count the same inversions as the torch levels and as the pairwise definition."""
+    from salience_bench import fast_stats, stats
+
+    g = torch.Generator().manual_seed(2)
+    for n, levels in ((2, 2), (3, 1), (17, 5), (300, 3), (5000, 7), (5000, 5000), (70_000, 300)):
+        y = torch.randint(0, levels, (n,), generator=g)
+        fast = fast_stats.count_inversions(y.to(device))
+        os.environ["SALIENCE_BENCH_TRITON"] = "0"
+        torch_route = stats._count_inversions(y)
+        os.environ["SALIENCE_BENCH_TRITON"] = "1"
+        assert fast == torch_route, (n, levels, fast, torch_route)
+        if n <= 5000:
+            assert fast == int((y[:, None] > y[None, :]).triu(1).sum()), (n, levels)
+    x, y = torch.randn(3000, generator=g).round(), torch.randn(3000, generator=g).round()
+    import scipy.stats
+
+    assert stats.kendall_tau_b_torch(x.to(device), y.to(device)) == pytest.approx(
+        scipy.stats.kendalltau(x.numpy(), y.numpy()).statistic, abs=1e-12)
+
+
 def check_non_finite(device: str) -> None:
     """NaN, +inf and -inf are counted in the band pass: the same one-line error, naming the tensor."""
     import salience_bench as sb
@@ -123,17 +145,19 @@ def check_non_finite(device: str) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON, reason="needs a CUDA GPU and Triton")
-def test_fast_topk_equals_torch_route_on_gpu(monkeypatch):
+def test_triton_routes_equal_torch_routes_on_gpu(monkeypatch):
     monkeypatch.setenv("SALIENCE_BENCH_TRITON", "1")
     assert check_against_torch_route("cuda") >= 15
     check_fallback("cuda")
     check_non_finite("cuda")
+    check_inversions("cuda")
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (torch's CPU build)")
-def test_fast_topk_equals_torch_route_under_triton_interpreter():
-    code = ("from tests.test_fast_topk import check_against_torch_route, check_fallback, check_non_finite;"
-            "n = check_against_torch_route('cpu'); check_fallback('cpu'); check_non_finite('cpu'); print('cases', n)")
+def test_triton_routes_equal_torch_routes_under_triton_interpreter():
+    code = ("from tests.test_fast_topk import check_against_torch_route, check_fallback, check_non_finite, check_inversions;"
+            "n = check_against_torch_route('cpu'); check_fallback('cpu'); check_non_finite('cpu');"
+            "check_inversions('cpu'); print('cases', n)")
     env = dict(os.environ, TRITON_INTERPRET="1", SALIENCE_BENCH_TRITON="1")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
