@@ -1,12 +1,13 @@
-"""Kendall's discordant-pair count as one fused Triton kernel per radix level (optional GPU route).
+"""Fused Triton kernels for the rank statistics (optional GPU route): Kendall's discordant-pair count, one
+kernel per radix level, and the tie-averaged ranks of sorted values, three kernels instead of ~17 torch ops.
 
 :func:`salience_bench.stats._count_inversions` walks the bits of the dense ranks from the most significant;
 each level is a prefix sum of the level's bits and then, per entry, two gathers, a few selects and three
 scattered writes — about fifteen torch kernels over every entry, which made the levels most of Kendall's time
 on an H100 (profile in benchmarks/README.md). Here the prefix sum stays a torch ``cumsum`` and the rest of a
-level is one kernel. The count is the same integer (tested against the torch route under Triton's interpreter
-on the CPU and on the GPU); where Triton is missing or switched off (``SALIENCE_BENCH_TRITON=0``), the torch
-route runs.
+level is one kernel. The count is the same integer, and the ranks the same integers (tested against the torch
+routes under Triton's interpreter on the CPU and on the GPU); where Triton is missing or switched off
+(``SALIENCE_BENCH_TRITON=0``), the torch routes run.
 """
 
 from __future__ import annotations
@@ -39,7 +40,55 @@ if triton is not None:
         tl.store(partial + tl.program_id(0), tl.sum(tl.where(valid & ~is_one, ones_before, 0).to(tl.int64), axis=0))
 
 
+    @triton.jit(do_not_specialize=["n"])
+    def _group_start_kernel(sorted_values, starts, n, BLOCK_R: tl.constexpr):
+        i = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        valid = i < n
+        here = tl.load(sorted_values + i, mask=valid)
+        before = tl.load(sorted_values + i - 1, mask=valid & (i > 0))
+        tl.store(starts + i, ((i == 0) | (here != before)).to(tl.int32), mask=valid)
+
+    @triton.jit(do_not_specialize=["n"])
+    def _group_first_kernel(groups_through, firsts, n, BLOCK_R: tl.constexpr):
+        """groups_through[i] = tie groups starting at or before i (a prefix sum of the starts)."""
+        i = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        valid = i < n
+        group = tl.load(groups_through + i, mask=valid, other=1)
+        previous = tl.load(groups_through + i - 1, mask=valid & (i > 0), other=0)
+        tl.store(firsts + group - 1, i, mask=valid & (group != previous))
+
+    @triton.jit(do_not_specialize=["n", "offset"])
+    def _rank_kernel(groups_through, firsts, order, positions, ranks, n, offset, HAS_POSITIONS: tl.constexpr,
+                     BLOCK_R: tl.constexpr):
+        i = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        valid = i < n
+        group = tl.load(groups_through + i, mask=valid, other=1) - 1
+        # doubled rank = (first + 1) + (last + 1), last + 1 being the next group's first
+        doubled = (tl.load(firsts + group, mask=valid, other=0).to(tl.int64)
+                   + tl.load(firsts + group + 1, mask=valid, other=0).to(tl.int64) + offset)
+        target = tl.load(order + i, mask=valid, other=0)
+        if HAS_POSITIONS:
+            target = tl.load(positions + target, mask=valid, other=0)
+        tl.store(ranks + target, doubled.to(ranks.dtype.element_ty), mask=valid)
+
+
 BLOCK_L = 1024
+BLOCK_R = 1024
+
+
+def rank_sorted(sorted_values: torch.Tensor, order: torch.Tensor, ranks: torch.Tensor,
+                positions: torch.Tensor | None, below: int) -> None:
+    """As the torch route of :func:`salience_bench.stats._rank_sorted` after its sort: each entry's doubled
+    tie-averaged rank, 2·below + (first + 1) + (last + 1) of its tie group, written at its position."""
+    n = sorted_values.numel()
+    programs = (triton.cdiv(n, BLOCK_R),)
+    groups_through = torch.empty(n, dtype=torch.int32, device=sorted_values.device)
+    _group_start_kernel[programs](sorted_values, groups_through, n, BLOCK_R=BLOCK_R)
+    torch.cumsum(groups_through, 0, dtype=torch.int32, out=groups_through)
+    firsts = torch.full((n + 1,), n, dtype=torch.int32, device=sorted_values.device)  # past the last group: n
+    _group_first_kernel[programs](groups_through, firsts, n, BLOCK_R=BLOCK_R)
+    _rank_kernel[programs](groups_through, firsts, order, order if positions is None else positions, ranks, n,
+                           2 * below + 1, HAS_POSITIONS=positions is not None, BLOCK_R=BLOCK_R)
 
 
 def usable(y: torch.Tensor) -> bool:

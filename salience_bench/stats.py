@@ -171,6 +171,8 @@ def _rank_sorted(values: torch.Tensor, ranks: torch.Tensor, positions: torch.Ten
     after one sort, an entry's doubled rank is (first + 1) + (last + 1) of its tie group, read from the
     groups' first indices (:func:`_group_bounds`) — O(n), no binary searches, no host sync."""
     sorted_values, order = torch.sort(values)
+    if fast_stats.usable(sorted_values):  # three fused Triton kernels on a GPU; the same integers
+        return fast_stats.rank_sorted(sorted_values, order, ranks, positions, below)
     group, firsts = _group_bounds(sorted_values)
     del sorted_values
     group = group.long()

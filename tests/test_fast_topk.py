@@ -1,5 +1,5 @@
 """The Triton routes against the torch routes: the multi-tensor top-k (salience_bench.fast_topk), bitwise, and
-Kendall's inversion count (salience_bench.fast_stats), exactly.
+Kendall's inversion count and the tie-averaged ranks (salience_bench.fast_stats), exactly.
 
 On a GPU the kernels run compiled; on a CPU with Triton installed (pip's default CUDA build of torch brings
 it) they run under Triton's interpreter in a subprocess (TRITON_INTERPRET must be set before the kernels are
@@ -129,6 +129,35 @@ def check_inversions(device: str) -> None:
         scipy.stats.kendalltau(x.numpy(), y.numpy()).statistic, abs=1e-12)
 
 
+def check_ranks(device: str) -> None:
+    """The fused rank kernels give the torch route's doubled ranks (ties, NaN-free values, the bucketed route
+    that ranks value ranges at positions) and Spearman equals scipy."""
+    import numpy as np
+    import scipy.stats
+
+    from salience_bench import stats
+
+    g = torch.Generator().manual_seed(3)
+    for x in (torch.randn(20_000, generator=g), (torch.randn(20_000, generator=g) * 3).round(),
+              torch.randint(0, 4, (5000,), generator=g).double(), torch.tensor([1.0]), torch.tensor([-0.0, 0.0, 2.0])):
+        fast = stats.doubled_ranks(x.to(device)).cpu()
+        os.environ["SALIENCE_BENCH_TRITON"] = "0"
+        reference = stats.doubled_ranks(x)
+        os.environ["SALIENCE_BENCH_TRITON"] = "1"
+        assert fast.dtype == reference.dtype and torch.equal(fast, reference), x[:5]
+        np.testing.assert_array_equal(fast.numpy(), 2 * scipy.stats.rankdata(x.numpy()))
+    saved = stats.SORTED_RANKS_MAX
+    stats.SORTED_RANKS_MAX = 1000  # the bucketed route: value ranges ranked at their positions
+    try:
+        x = (torch.randn(30_000, generator=g) * 5).round()
+        np.testing.assert_array_equal(stats.doubled_ranks(x.to(device)).cpu().numpy(), 2 * scipy.stats.rankdata(x.numpy()))
+    finally:
+        stats.SORTED_RANKS_MAX = saved
+    x, y = torch.randn(5000, generator=g).round(), torch.randn(5000, generator=g).round()
+    assert stats.spearman(x.to(device), y.to(device)) == pytest.approx(
+        scipy.stats.spearmanr(x.numpy(), y.numpy()).statistic, abs=1e-12)
+
+
 def check_non_finite(device: str) -> None:
     """NaN, +inf and -inf are counted in the band pass: the same one-line error, naming the tensor."""
     import salience_bench as sb
@@ -151,13 +180,14 @@ def test_triton_routes_equal_torch_routes_on_gpu(monkeypatch):
     check_fallback("cuda")
     check_non_finite("cuda")
     check_inversions("cuda")
+    check_ranks("cuda")
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (torch's CPU build)")
 def test_triton_routes_equal_torch_routes_under_triton_interpreter():
-    code = ("from tests.test_fast_topk import check_against_torch_route, check_fallback, check_non_finite, check_inversions;"
+    code = ("from tests.test_fast_topk import check_against_torch_route, check_fallback, check_non_finite, check_inversions, check_ranks;"
             "n = check_against_torch_route('cpu'); check_fallback('cpu'); check_non_finite('cpu');"
-            "check_inversions('cpu'); print('cases', n)")
+            "check_inversions('cpu'); check_ranks('cpu'); print('cases', n)")
     env = dict(os.environ, TRITON_INTERPRET="1", SALIENCE_BENCH_TRITON="1")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
