@@ -72,40 +72,8 @@ if triton is not None:
         tl.store(ranks + target, doubled.to(ranks.dtype.element_ty), mask=valid)
 
 
-    @triton.jit(do_not_specialize=["n"])
-    def _tie_pairs_kernel(groups_through, firsts, partial, n, BLOCK_R: tl.constexpr):
-        """Per block: Σ (i − first index of i's group), the pairs each entry ties with entries before it."""
-        i = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        valid = i < n
-        group = tl.load(groups_through + i, mask=valid, other=1) - 1
-        first = tl.load(firsts + group, mask=valid, other=0)
-        tl.store(partial + tl.program_id(0), tl.sum(tl.where(valid, i - first, 0).to(tl.int64), axis=0))
-
-
 BLOCK_L = 1024
 BLOCK_R = 1024
-
-
-def _groups(sorted_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(groups_through: tie groups starting at or before each entry, firsts: each group's first index, n past
-    the last) of a sorted 1-D tensor."""
-    n = sorted_values.numel()
-    programs = (triton.cdiv(n, BLOCK_R),)
-    groups_through = torch.empty(n, dtype=torch.int32, device=sorted_values.device)
-    _group_start_kernel[programs](sorted_values, groups_through, n, BLOCK_R=BLOCK_R)
-    torch.cumsum(groups_through, 0, dtype=torch.int32, out=groups_through)
-    firsts = torch.full((n + 1,), n, dtype=torch.int32, device=sorted_values.device)
-    _group_first_kernel[programs](groups_through, firsts, n, BLOCK_R=BLOCK_R)
-    return groups_through, firsts
-
-
-def ties_in_sorted(sorted_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """As :func:`salience_bench.stats._ties_in_sorted`: (0-based tie-group id of each entry, tied pairs)."""
-    n = sorted_values.numel()
-    groups_through, firsts = _groups(sorted_values)
-    partial = torch.empty(triton.cdiv(n, BLOCK_R), dtype=torch.int64, device=sorted_values.device)
-    _tie_pairs_kernel[(partial.numel(),)](groups_through, firsts, partial, n, BLOCK_R=BLOCK_R)
-    return groups_through.sub_(1), partial.sum()
 
 
 def rank_sorted(sorted_values: torch.Tensor, order: torch.Tensor, ranks: torch.Tensor,
@@ -114,7 +82,11 @@ def rank_sorted(sorted_values: torch.Tensor, order: torch.Tensor, ranks: torch.T
     tie-averaged rank, 2·below + (first + 1) + (last + 1) of its tie group, written at its position."""
     n = sorted_values.numel()
     programs = (triton.cdiv(n, BLOCK_R),)
-    groups_through, firsts = _groups(sorted_values)
+    groups_through = torch.empty(n, dtype=torch.int32, device=sorted_values.device)
+    _group_start_kernel[programs](sorted_values, groups_through, n, BLOCK_R=BLOCK_R)
+    torch.cumsum(groups_through, 0, dtype=torch.int32, out=groups_through)
+    firsts = torch.full((n + 1,), n, dtype=torch.int32, device=sorted_values.device)  # past the last group: n
+    _group_first_kernel[programs](groups_through, firsts, n, BLOCK_R=BLOCK_R)
     _rank_kernel[programs](groups_through, firsts, order, order if positions is None else positions, ranks, n,
                            2 * below + 1, HAS_POSITIONS=positions is not None, BLOCK_R=BLOCK_R)
 

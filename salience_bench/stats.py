@@ -327,8 +327,6 @@ def kendall_tau_b(x: torch.Tensor, y: torch.Tensor) -> float:
 def _ties_in_sorted(sorted_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(tie-group id of every entry, tied pairs Σ c(c−1)/2) of a sorted 1-D tensor: an entry i of a group
     starting at f is tied with the i − f before it."""
-    if fast_stats.usable(sorted_values):  # fused Triton kernels on a GPU; the same integers
-        return fast_stats.ties_in_sorted(sorted_values)
     group, firsts = _group_bounds(sorted_values)
     index = torch.arange(sorted_values.numel(), dtype=firsts.dtype, device=sorted_values.device)
     return group, (index - firsts[group.long()]).sum(dtype=torch.int64)
