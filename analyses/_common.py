@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -101,22 +102,27 @@ def save(fig, path: Path, stem: str) -> None:
 
 
 def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str, device: torch.device,
-             datasets: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+             datasets: dict, worker: tuple[int, int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every spec (method, metric, seed, dataset, plus study labels) not already in
     ``out/name.csv``; each finished run is appended at once, so a rerun resumes.
 
     ``make_config(spec)`` gives the TrainConfig; ``datasets[spec['dataset']]`` is (train, eval).
+    ``worker=(i, n)``: run only every n-th spec from the i-th, into ``name.worker<i>.csv`` (and its drift and
+    curve tables), so that n processes can share the grid without writing the same file. Runs logged by any
+    worker count as done, and the tables returned hold every process's rows.
     """
     from salience_bench.training import RunInputs, run_one
 
     def run_id(spec: dict) -> str:
         return "|".join(f"{k}={spec[k]}" for k in sorted(spec))
 
-    runs = RunLog(out, {"drift": f"{name}_drift.csv", "curve": f"{name}_curve.csv", "rows": f"{name}.csv"},
+    suffix = f".worker{worker[0]}" if worker else ""
+    runs = RunLog(out, {"drift": f"{name}{suffix}_drift.csv", "curve": f"{name}{suffix}_curve.csv",
+                        "rows": f"{name}{suffix}.csv"},
                   key=lambda row: row["run_id"])  # the main table ("rows") last: a run is done once its row is written
-    done = runs.done
+    done = runs.done | set(logged(out, name).get("run_id", ()))
     for n, spec in enumerate(specs, 1):
-        if run_id(spec) in done:
+        if run_id(spec) in done or (worker and (n - 1) % worker[1] != worker[0]):
             continue
         train, evaluation = datasets[spec["dataset"]]
         print(f"[{n}/{len(specs)}] {run_id(spec)}", file=sys.stderr, flush=True)
@@ -126,4 +132,41 @@ def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str
         runs.add({"drift": [{**d, "run_id": run_id(spec)} for d in result.drift],
                   "curve": [{**labels, **c, "run_id": run_id(spec)} for c in result.curve],
                   "rows": [{**labels, **result.row, "run_id": run_id(spec)}]})
-    return runs.tables["rows"], runs.tables["drift"]
+    return logged(out, name), logged(out, name, "_drift")
+
+
+def logged(out: Path, name: str, table: str = "") -> pd.DataFrame:
+    """One table of a grid as every process logged it: ``name<table>.csv`` and the workers'
+    ``name.worker<i><table>.csv``, one row per run (``table``: "" for the runs, "_drift", "_curve")."""
+    from salience_bench.report.runlog import read_table
+
+    pattern = re.compile(rf"{re.escape(name)}(\.worker\d+)?{re.escape(table)}\.csv")
+    frames = [read_table(path) for path in sorted(out.glob(f"{name}*{table}.csv")) if pattern.fullmatch(path.name)]
+    frames = [f for f in frames if len(f.columns)]
+    if not frames:
+        return pd.DataFrame()
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.drop_duplicates() if table else frame.drop_duplicates("run_id", ignore_index=True)
+
+
+def spawn_workers(script: str, argv: list[str], workers: int, rounds: int) -> None:
+    """Run ``script`` as ``workers`` processes side by side (``--worker i/n`` added to ``argv``), ``rounds`` times
+    (a study whose later stage needs an earlier stage's results runs one round per stage); exits on a failure."""
+    import subprocess
+
+    for _ in range(rounds):
+        procs = [subprocess.Popen([sys.executable, script, *argv, "--worker", f"{i}/{workers}"]) for i in range(workers)]
+        codes = [proc.wait() for proc in procs]
+        if any(codes):
+            sys.exit(f"error: a worker exited with {max(codes, key=abs)}; rerun the same command to resume")
+
+
+def worker_option(text: str) -> tuple[int, int]:
+    """``i/n`` with 0 ≤ i < n, else an argparse error naming the value."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--worker {text!r}: expected i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--worker {text!r}: expected 0 <= i < n")
+    return i, n

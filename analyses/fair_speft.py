@@ -22,6 +22,7 @@ Protocol (fixed before any run):
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
@@ -86,7 +87,18 @@ def main(argv=None) -> None:
     p.add_argument("--rank", type=int, default=SPEFT_RANK, help="LoRA rank whose count every arm matches (default: 8)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--head-lr", type=float, default=1e-3, help="the task head's rate in every arm (default: 1e-3)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="training processes side by side (e.g. several on one GPU; default: 1). Each logs its own "
+                        "share of the runs; the tables and verdicts are written once all have finished")
+    p.add_argument("--worker", type=_common.worker_option, default=None, help=argparse.SUPPRESS)  # i/n: one of them
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, device, out, started = _common.start(STUDY, "", argv, arguments=p)
+    if args.workers < 1:
+        p.error(f"--workers {args.workers}: must be at least 1")
+    if args.workers > 1 and args.worker is None:
+        # One round for the rate sweep, one for the final runs (they need the sweep's chosen rates); then this
+        # process finds every run logged and writes the tables.
+        _common.spawn_workers(__file__, _without_workers(argv), args.workers, rounds=2)
     tasks = ["rte", "stsb"] if args.quick else [t.strip() for t in args.tasks.split(",")]
     if any(t not in TASKS for t in tasks):
         p.error(f"--tasks {args.tasks!r}: valid tasks are {', '.join(TASKS)}")
@@ -124,7 +136,10 @@ def main(argv=None) -> None:
     # 1. The sweep, on the held-out slice of the training split.
     sweep_specs = [spec(t, arm, lr, s, "tune") for t in tasks for arm, (method, _) in arms.items()
                    for lr in rates[method] for s in range(sweep_seeds)]
-    sweep, _ = _common.run_grid(out, "sweep", sweep_specs, config, model=args.model, device=device, datasets=data)
+    sweep, _ = _common.run_grid(out, "sweep", sweep_specs, config, model=args.model, device=device, datasets=data,
+                                worker=args.worker)
+    if args.worker is not None and {_key(s) for s in sweep_specs} - set(sweep.get("run_id", ())):
+        return  # a worker of the first round: the other workers' sweep runs are not all logged yet
     sweep = with_headline(sweep)
     sweep_table = sweep.groupby(["task", "arm", "lr"], as_index=False)["headline"].mean()
     chosen = sweep_table.loc[sweep_table.groupby(["task", "arm"])["headline"].idxmax()].reset_index(drop=True)
@@ -140,7 +155,10 @@ def main(argv=None) -> None:
                 final_specs += [{**spec(t, arm, lr, s, "report", "speft"), "arm": f"{arm} (SPEFT q,v, {which})"}
                                 for s in range(seeds)]
     final_specs = list({_key(s): s for s in final_specs}.values())
-    rows, _ = _common.run_grid(out, "runs", final_specs, config, model=args.model, device=device, datasets=data)
+    rows, _ = _common.run_grid(out, "runs", final_specs, config, model=args.model, device=device, datasets=data,
+                               worker=args.worker)
+    if args.worker is not None:
+        return  # the parent process writes the tables
     rows = with_headline(rows)
 
     summary, verdicts = [], []
@@ -192,6 +210,18 @@ def main(argv=None) -> None:
                                                         "Summary": summary.round(4)}, figures=["summary"],
                          runs=pd.concat([sweep, rows], ignore_index=True))
     print("\n".join(lines))
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            kept.append(arg)
+    return kept
 
 
 def _key(spec: dict) -> str:

@@ -50,3 +50,26 @@ def test_fair_speft_decision_rule_and_pairing():
     assert low[0] == "holds" and low[2] > -0.005
     rows = pd.DataFrame(dict(seed=[0, 0, 1, 1, 2], arm=["a", "b", "a", "b", "a"], headline=[0.8, 0.7, 0.6, 0.65, 0.9]))
     assert fair_speft.paired(rows, "a", "b", "headline") == pytest.approx([0.1, -0.05])  # seed 2 has no partner
+
+
+def test_fair_speft_workers_share_the_grid_and_give_the_same_tables(tiny_model_dir, tmp_path):
+    """--workers 2: two processes log their halves of the sweep and the final runs in files of their own; the
+    tables written at the end equal a single process's (same seeds, same runs)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    summaries = {}
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}"
+        result = subprocess.run([sys.executable, str(ROOT / "analyses" / "fair_speft.py"), "--quick", "--model",
+                                 str(tiny_model_dir), "--device", "cpu", "--out", str(out), "--workers", str(workers)],
+                                capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        summaries[workers] = pd.read_csv(out / "summary.csv")
+    out = tmp_path / "workers2"
+    for grid in ("sweep", "runs"):
+        shares = [pd.read_csv(out / f"{grid}.worker{i}.csv") for i in (0, 1)]
+        assert all(len(s) for s in shares) and not set(shares[0].run_id) & set(shares[1].run_id)
+        assert not (out / f"{grid}.csv").exists()  # the parent found every run logged: it ran none itself
+    pd.testing.assert_frame_equal(summaries[1], summaries[2])
+    bad = subprocess.run([sys.executable, str(ROOT / "analyses" / "fair_speft.py"), "--worker", "2/2"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "--worker '2/2'" in bad.stderr
