@@ -29,13 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import _common  # noqa: E402
 import salience_bench as sb  # noqa: E402
 from salience_bench.data import EVAL_SPLIT, headline_metric, hold_out  # noqa: E402
-from salience_bench.report import figures  # noqa: E402
 from salience_bench.report import io as report_io  # noqa: E402
 from salience_bench.stats import mean_ci  # noqa: E402
 from salience_bench.training import TrainConfig  # noqa: E402
@@ -90,6 +88,9 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="training processes side by side (e.g. several on one GPU; default: 1). Each logs its own "
                         "share of the runs; the tables and verdicts are written once all have finished")
+    p.add_argument("--no-figures", action="store_true",
+                   help="write the tables and verdicts without the figure (no matplotlib needed, e.g. on a GPU "
+                        "machine without it); rerun the same command elsewhere to draw it: every run is found logged")
     p.add_argument("--worker", type=_common.worker_option, default=None, help=argparse.SUPPRESS)  # i/n: one of them
     argv = list(sys.argv[1:] if argv is None else argv)
     args, device, out, started = _common.start(STUDY, "", argv, arguments=p)
@@ -195,6 +196,21 @@ def main(argv=None) -> None:
         lines.append(f"- {v['task']}: {v['comparison']}: {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] over "
                      f"{v['seeds']} paired seeds → **{v['verdict']}**")
 
+    if not args.no_figures:
+        _summary_figure(summary, tasks, out)
+    _common.write_readme(out, "A fair test of the SPEFT claims", __doc__.split("\n\n")[0].replace("\n", " "), lines,
+                         args, device, started, tables={"Verdicts": verdict_table.round(4), "Chosen rates": chosen,
+                                                        "Summary": summary.round(4)},
+                         figures=[] if args.no_figures else ["summary"],
+                         runs=pd.concat([sweep, rows], ignore_index=True))
+    print("\n".join(lines))
+
+
+def _summary_figure(summary: pd.DataFrame, tasks: list[str], out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from salience_bench.report import figures
+
     figures.paper_style()
     fig, axes = plt.subplots(1, len(tasks), figsize=(2 * figures.COLUMN_WIDTH_IN, 2.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -205,11 +221,6 @@ def main(argv=None) -> None:
         ax.tick_params(labelsize=5)
     fig.tight_layout()
     _common.save(fig, out, "summary")
-    _common.write_readme(out, "A fair test of the SPEFT claims", __doc__.split("\n\n")[0].replace("\n", " "), lines,
-                         args, device, started, tables={"Verdicts": verdict_table.round(4), "Chosen rates": chosen,
-                                                        "Summary": summary.round(4)}, figures=["summary"],
-                         runs=pd.concat([sweep, rows], ignore_index=True))
-    print("\n".join(lines))
 
 
 def _without_workers(argv: list[str]) -> list[str]:
