@@ -120,7 +120,7 @@ def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str
     runs = RunLog(out, {"drift": f"{name}{suffix}_drift.csv", "curve": f"{name}{suffix}_curve.csv",
                         "rows": f"{name}{suffix}.csv"},
                   key=lambda row: row["run_id"])  # the main table ("rows") last: a run is done once its row is written
-    done = runs.done | set(logged(out, name).get("run_id", ()))
+    done = set(logged(out, name).get("run_id", ()))  # this process's log and every other's
     for n, spec in enumerate(specs, 1):
         if run_id(spec) in done or (worker and (n - 1) % worker[1] != worker[0]):
             continue

@@ -253,7 +253,7 @@ def p1(args) -> None:
         # bare forward+backward above does not. These two rows separate that choice's cost from the scoring's.
         "grad, fast kernels (deterministic=False)": lambda: sb.score(model, batches, ["grad"], params=params,
                                                                      deterministic=False),
-        "forward+backward, deterministic kernels": lambda: _deterministic(forward_backward, model, batches, params),
+        "forward+backward, deterministic kernels": lambda: _with_deterministic_kernels(model, batches, params),
     }
     variants["grad"]()  # warm-up (allocator, kernels)
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -284,13 +284,12 @@ def p1(args) -> None:
             _print_profile(prof, rows=12)
 
 
-def _deterministic(fn, *args):
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        return fn(*args)
-    finally:
-        torch.use_deterministic_algorithms(previous)
+def _with_deterministic_kernels(model, batches, params):
+    """The bare forward+backward under the scoring pass's own mode (deterministic kernels, restored after)."""
+    from salience_bench.model_state import ScoringMode
+
+    with ScoringMode(model, params, deterministic=True):
+        forward_backward(model, batches, params)
 
 
 if __name__ == "__main__":

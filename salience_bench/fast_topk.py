@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -196,10 +196,9 @@ class Source:
         return cls([t.numel() for t in tensors], lambda a, b: list(tensors[a:b]), tensors[0].device)
 
     def walk(self):
-        """Per group: (its first tensor, its table on the device: pointers, sizes, first blocks and first
-        entries relative to the group, the number of tensors, the search's step count). The group's tensors
-        are dropped when the walk moves on — safe while kernels still read them, as the caching allocator
-        reuses memory in stream order."""
+        """Per group, a :class:`_Group`: its tables on the device (relative to the group) and where it lies in
+        the whole. The group's tensors are dropped when the walk moves on — safe while kernels still read them,
+        as the caching allocator reuses memory in stream order."""
         for a, b in self.groups:
             tensors = self.get(a, b)
             n = b - a
@@ -208,8 +207,22 @@ class Source:
                                 + [x - es[0] for x in es], dtype=torch.int64)
             table = host.to(self.device, non_blocking=True)
             steps = SEARCH_STEPS if n < 2**SEARCH_STEPS else math.ceil(math.log2(n + 1))
-            yield a, (table[:n], table[n:2 * n], table[2 * n:3 * n + 1], table[3 * n + 1:], n, steps)
+            yield _Group(table[:n], table[n:2 * n], table[2 * n:3 * n + 1], table[3 * n + 1:], n, steps,
+                         block_base=fb[0], blocks=fb[-1] - fb[0], elem_base=es[0], elem_end=es[-1])
             del tensors
+
+
+class _Group(NamedTuple):
+    ptrs: torch.Tensor  # the tensors' addresses
+    numels: torch.Tensor
+    first_block: torch.Tensor  # each tensor's first block, from the group's first (and the group's end)
+    elem_start: torch.Tensor  # each tensor's first entry, from the group's first (and the group's end)
+    num: int  # tensors in the group
+    steps: int  # the binary search's depth
+    block_base: int  # the group's first block in the whole
+    blocks: int
+    elem_base: int  # the group's first entry in the whole
+    elem_end: int
 
 
 def _bracket(source: Source, k: int) -> tuple[int, int, int]:
@@ -217,13 +230,11 @@ def _bracket(source: Source, k: int) -> tuple[int, int, int]:
     stride = -(-source.total // SAMPLE)
     m = -(-source.total // stride)
     sample = torch.empty(m, dtype=torch.int32, device=source.device)
-    for a, (ptrs, _, _, elem_start, num, steps) in source.walk():
-        base = source.elem_start[a]
-        group_end = source.elem_start[a + num]
-        first, end = -(-base // stride), -(-group_end // stride)
+    for g in source.walk():
+        first, end = -(-g.elem_base // stride), -(-g.elem_end // stride)
         if end > first:
-            _sample_kernel[(triton.cdiv(end - first, 1024),)](ptrs, elem_start, stride, first, end, base, sample,
-                                                              num=num, steps=steps, BLOCK_S=1024)
+            _sample_kernel[(triton.cdiv(end - first, 1024),)](g.ptrs, g.elem_start, stride, first, end, g.elem_base,
+                                                              sample, num=g.num, steps=g.steps, BLOCK_S=1024)
     q = k / source.total
     margin = int(4 * (m * q * (1 - q)) ** 0.5) + 16
     hi_rank, lo_rank = int(q * m) - margin, int(q * m) + margin  # ranks from the top, 0-based
@@ -252,13 +263,11 @@ def _threshold(source: Source, k: int):
     cand_keys = torch.empty(region * regions, dtype=torch.int32, device=device)
     cand_order = torch.empty(region * regions, dtype=torch.int64, device=device)
     counters = torch.zeros(regions + 1, dtype=torch.int32, device=device)  # the last counts non-finite scores
-    for a, (ptrs, numels, first_block, _, num, steps) in source.walk():
-        blocks = source.first_block[a + num] - source.first_block[a]
-        if blocks:
-            _band_kernel[(blocks,)](ptrs, numels, first_block, source.first_block[a], hi, lo, above,
-                                    cand_keys, cand_order, counters, region, regions, counters[regions:],
-                                    num=num, steps=steps, BLOCK_=BLOCK, BITS=BLOCK_BITS,
-                                    num_warps=NUM_WARPS)
+    for g in source.walk():
+        if g.blocks:
+            _band_kernel[(g.blocks,)](g.ptrs, g.numels, g.first_block, g.block_base, hi, lo, above,
+                                      cand_keys, cand_order, counters, region, regions, counters[regions:],
+                                      num=g.num, steps=g.steps, BLOCK_=BLOCK, BITS=BLOCK_BITS, num_warps=NUM_WARPS)
     read = torch.cat([above.sum(dtype=torch.int64).reshape(1), counters.long()]).tolist()
     above_n, filled, non_finite = read[0], read[1:-1], read[-1]
     if non_finite:
@@ -319,10 +328,9 @@ def top_k_positions(source: Source, k: int) -> list[torch.Tensor] | None:
     ends = counts.cumsum(0, dtype=torch.int64)
     offsets = ends - counts
     out = torch.empty(k, dtype=torch.int32, device=device)
-    for a, (ptrs, numels, first_block, _, num, steps) in source.walk():
-        blocks = source.first_block[a + num] - source.first_block[a]
-        if blocks:
-            _write_kernel[(blocks,)](ptrs, numels, first_block, source.first_block[a], limits, offsets,
-                                     out, num=num, steps=steps, BLOCK_=BLOCK, BITS=BLOCK_BITS, num_warps=NUM_WARPS)
+    for g in source.walk():
+        if g.blocks:
+            _write_kernel[(g.blocks,)](g.ptrs, g.numels, g.first_block, g.block_base, limits, offsets, out,
+                                       num=g.num, steps=g.steps, BLOCK_=BLOCK, BITS=BLOCK_BITS, num_warps=NUM_WARPS)
     starts = torch.cat([offsets, ends[-1:]])[torch.tensor(source.first_block, device=device)].tolist()
     return [out[a:b] for a, b in zip(starts[:-1], starts[1:])]

@@ -50,8 +50,11 @@ def kth_largest_key(scores: Mapping[str, torch.Tensor], k: int) -> tuple[int, in
     below gives the exact answer anyway.
     """
     found = _on_triton(fast_topk.kth_largest_key, scores, k)
-    if found is not None:
-        return found
+    return found if found is not None else _torch_kth_largest_key(scores, k)
+
+
+def _torch_kth_largest_key(scores: Mapping[str, torch.Tensor], k: int) -> tuple[int, int]:
+    """:func:`kth_largest_key` by the torch route: the sample bracket, else the radix select."""
     bracketed = _bracketed_threshold(scores, k)
     return bracketed if bracketed is not None else radix_kth_largest_key(scores, k)
 
@@ -61,6 +64,8 @@ def _triton_source(scores: Mapping[str, torch.Tensor]) -> "fast_topk.Source | No
     computed on access (a mapping with ``shape_of`` and ``device``) in groups no larger than the largest tensor,
     each computed when the route's pass reaches it."""
     if isinstance(scores, dict):
+        if not all(isinstance(s, torch.Tensor) for s in scores.values()):
+            return None  # MaskSpec.apply names the value that is not a tensor
         tensors = [s.detach() for s in scores.values()]
         return fast_topk.Source.stored(tensors) if fast_topk.usable(tensors) else None
     shape_of, device = getattr(scores, "shape_of", None), getattr(scores, "device", None)
@@ -230,7 +235,7 @@ def top_k_mask(scores: Mapping[str, torch.Tensor], k: int) -> MaskSet:
     positions = _on_triton(fast_topk.top_k_positions, scores, k)
     if positions is not None:
         return MaskSet(dict(zip(scores, positions)), {n: s.shape for n, s in scores.items()})
-    threshold, take_equal = kth_largest_key(scores, k)
+    threshold, take_equal = _torch_kth_largest_key(scores, k)  # the Triton route, if it applied, declined
     counts = None
     for i, s in enumerate(scores.values()):
         keys = _ordered_keys(s)
@@ -372,19 +377,16 @@ class MaskSpec:
             raise SalienceBenchError(f"scores must be a non-empty dict of tensors by name, got {type(scores).__name__}"
                                      + (" (empty)" if isinstance(scores, Mapping) else ""))
         shapes, bad = {}, None
-        if ((self.structure, self.scope) == ("unstructured", "global") and not isinstance(scores, dict)
-                and _triton_source(scores) is not None):
-            # Scores computed on access, on the Triton route: it counts NaN and inf in its own pass, so they are
-            # not computed an extra time here; shapes come from the mapping.
+        # The Triton route of the global top-k counts NaN and inf in its own pass over the scores.
+        on_triton = (self.structure, self.scope) == ("unstructured", "global") and _triton_source(scores) is not None
+        if on_triton and not isinstance(scores, dict):
+            # scores computed on access: not computed an extra time here; shapes come from the mapping
             shapes = {name: scores.shape_of(name) for name in scores}
         else:
-            checked_on_the_way = ((self.structure, self.scope) == ("unstructured", "global") and isinstance(scores, dict)
-                                  and all(isinstance(s, torch.Tensor) for s in scores.values())
-                                  and _triton_source(scores) is not None)
             for name, s in scores.items():  # one tensor at a time (scores may be computed on access)
                 if not isinstance(s, torch.Tensor):
                     raise SalienceBenchError(f"scores of {name!r} must be a tensor, got {type(s).__name__}")
-                if s.is_floating_point() and not checked_on_the_way:  # a running count on the device: one host read
+                if s.is_floating_point() and not on_triton:  # a running count on the device: one host read
                     count = s.numel() - torch.isfinite(s).count_nonzero()
                     bad = count if bad is None else bad + count
                 shapes[name] = s.shape

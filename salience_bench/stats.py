@@ -150,18 +150,23 @@ def doubled_ranks(values: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def _group_bounds(sorted_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a sorted 1-D tensor: each entry's tie group (0-based ids in order) and every group's first index
-    (``firsts[g]``; entries past the last group hold n, so ``firsts[g + 1]`` ends group g). O(n) passes — a
-    comparison, a prefix sum and one scatter — and no host sync."""
-    n = sorted_values.numel()
-    itype = torch.int32 if n < 2**31 else torch.int64
-    starts = torch.ones(n, dtype=torch.bool, device=sorted_values.device)
+def _group_starts(sorted_values: torch.Tensor) -> torch.Tensor:
+    """The first entry and each that differs from the one before: in a sorted 1-D tensor, its tie groups' starts."""
+    starts = torch.ones(sorted_values.numel(), dtype=torch.bool, device=sorted_values.device)
     starts[1:] = sorted_values[1:] != sorted_values[:-1]
+    return starts
+
+
+def _group_bounds(starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the group starts (:func:`_group_starts`): each entry's tie group (0-based ids in order) and every
+    group's first index (``firsts[g]``; entries past the last group hold n, so ``firsts[g + 1]`` ends group g).
+    O(n) passes — a prefix sum and one scatter — and no host sync."""
+    n = starts.numel()
+    itype = torch.int32 if n < 2**31 else torch.int64
     group = starts.cumsum(0, dtype=itype).sub_(1)
-    firsts = torch.full((n + 1,), n, dtype=itype, device=sorted_values.device)
+    firsts = torch.full((n + 1,), n, dtype=itype, device=starts.device)
     # Non-starts all write to slot n, which is then reset: only each group's start lands in firsts[group].
-    firsts.scatter_(0, torch.where(starts, group, n).long(), torch.arange(n, dtype=itype, device=sorted_values.device))
+    firsts.scatter_(0, torch.where(starts, group, n).long(), torch.arange(n, dtype=itype, device=starts.device))
     firsts[n] = n
     return group, firsts
 
@@ -173,7 +178,7 @@ def _rank_sorted(values: torch.Tensor, ranks: torch.Tensor, positions: torch.Ten
     sorted_values, order = torch.sort(values)
     if fast_stats.usable(sorted_values):  # three fused Triton kernels on a GPU; the same integers
         return fast_stats.rank_sorted(sorted_values, order, ranks, positions, below)
-    group, firsts = _group_bounds(sorted_values)
+    group, firsts = _group_bounds(_group_starts(sorted_values))
     del sorted_values
     group = group.long()
     doubled = firsts[group].to(ranks.dtype) + firsts[group + 1].to(ranks.dtype) + (2 * below + 1)
@@ -324,11 +329,11 @@ def kendall_tau_b(x: torch.Tensor, y: torch.Tensor) -> float:
     return kendall_tau_b_torch(x, y)
 
 
-def _ties_in_sorted(sorted_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tie-group id of every entry, tied pairs Σ c(c−1)/2) of a sorted 1-D tensor: an entry i of a group
-    starting at f is tied with the i − f before it."""
-    group, firsts = _group_bounds(sorted_values)
-    index = torch.arange(sorted_values.numel(), dtype=firsts.dtype, device=sorted_values.device)
+def _ties(starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tie-group id of every entry, tied pairs Σ c(c−1)/2) from the group starts of a sorted run: an entry i of
+    a group starting at f is tied with the i − f before it."""
+    group, firsts = _group_bounds(starts)
+    index = torch.arange(starts.numel(), dtype=firsts.dtype, device=starts.device)
     return group, (index - firsts[group.long()]).sum(dtype=torch.int64)
 
 
@@ -343,19 +348,19 @@ def kendall_tau_b_torch(x: torch.Tensor, y: torch.Tensor) -> float:
     if n < 2:
         return math.nan
     y_sorted, by_y = torch.sort(y, stable=True)
-    y_rank_sorted, y_ties = _ties_in_sorted(y_sorted)
+    y_rank_sorted, y_ties = _ties(_group_starts(y_sorted))
     del y_sorted
     y_rank = torch.empty_like(y_rank_sorted).scatter_(0, by_y, y_rank_sorted)  # dense rank of each entry of y
     del y_rank_sorted
     x_sorted, then_by_x = torch.sort(x[by_y], stable=True)
     ys = y_rank[by_y[then_by_x]]
     del by_y, then_by_x, y_rank
-    _, x_ties = _ties_in_sorted(x_sorted)
-    # Pairs tied in both: runs of equal (x, y) in this lexicographic order.
-    joint_start = torch.ones(n, dtype=torch.bool, device=x.device)
-    joint_start[1:] = (x_sorted[1:] != x_sorted[:-1]) | (ys[1:] != ys[:-1])
-    _, joint_ties = _ties_in_sorted(joint_start.cumsum(0))
-    del x_sorted, joint_start
+    x_starts = _group_starts(x_sorted)
+    del x_sorted
+    _, x_ties = _ties(x_starts)
+    # Pairs tied in both: runs of equal (x, y) in this lexicographic order start where x or y changes.
+    _, joint_ties = _ties(x_starts | _group_starts(ys))
+    del x_starts
     discordant = _count_inversions(ys)
     total = n * (n - 1) // 2
     x_ties, y_ties, joint_ties = torch.stack([x_ties, y_ties, joint_ties]).tolist()
