@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import re
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -101,38 +104,105 @@ def save(fig, path: Path, stem: str) -> None:
     figures.save(fig, path / "figures", stem)
 
 
-def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str, device: torch.device,
-             datasets: dict, worker: tuple[int, int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run every spec (method, metric, seed, dataset, plus study labels) not already in
-    ``out/name.csv``; each finished run is appended at once, so a rerun resumes.
+@dataclass
+class Share:
+    """This process's part in a grid that several processes share, and the time it may take.
 
-    ``make_config(spec)`` gives the TrainConfig; ``datasets[spec['dataset']]`` is (train, eval).
-    ``worker=(i, n)``: run only every n-th spec from the i-th, into ``name.worker<i>.csv`` (and its drift and
-    curve tables), so that n processes can share the grid without writing the same file. Runs logged by any
-    worker count as done, and the tables returned hold every process's rows.
+    ``index`` names this process's log files (``name.worker<index>.csv``; None: ``name.csv``). ``claims``: a folder
+    where a process takes a run by creating its claim file first (exclusively), so that free processes pull the
+    next run instead of waiting on a fixed share; None: every run is this process's. ``deadline`` (``time.time()``):
+    start no run that would not finish by then, estimated from this process's finished runs of the same data.
+    """
+
+    index: int | None = None
+    claims: Path | None = None
+    deadline: float | None = None
+    ran: int = 0
+    out_of_time: bool = False
+    seconds_per_step: dict = field(default_factory=dict)  # dataset → wall seconds per training step, this process
+
+    def take(self, run: str) -> bool:
+        """Claim ``run`` for this process; False if another process has it."""
+        if self.claims is None:
+            return True
+        try:
+            handle = os.open(self._claim(run), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        os.write(handle, str(os.getpid()).encode())
+        os.close(handle)
+        return True
+
+    def held_by_a_live_process(self, run: str) -> bool:
+        """Whether ``run`` is claimed by a process still running (one that is about to log it)."""
+        if self.claims is None:
+            return False
+        try:
+            pid = int(self._claim(run).read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return False
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def fits(self, dataset: str, steps: int) -> bool:
+        """Whether a run of ``steps`` on ``dataset`` should finish before the deadline. Unknown data is costed at
+        the slowest rate seen; before any run finishes every run is started."""
+        if self.deadline is None or not self.seconds_per_step:
+            return True
+        rate = self.seconds_per_step.get(dataset, max(self.seconds_per_step.values()))
+        return time.time() + 1.2 * rate * steps < self.deadline
+
+    def _claim(self, run: str) -> Path:
+        return self.claims / hashlib.sha1(run.encode()).hexdigest()
+
+
+def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str, device: torch.device,
+             datasets: dict, share: Share | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every spec (method, metric, seed, dataset, plus study labels) not already logged in ``out``; each
+    finished run is appended at once (``name.csv``), so a rerun resumes.
+
+    ``make_config(spec)`` gives the TrainConfig; ``datasets[spec['dataset']]`` is (train, eval). ``share``: this
+    process's part when several share the grid (see :class:`Share`); runs logged by any process count as done, and
+    the tables returned hold every process's rows.
     """
     from salience_bench.training import RunInputs, run_one
 
-    def run_id(spec: dict) -> str:
-        return "|".join(f"{k}={spec[k]}" for k in sorted(spec))
-
-    suffix = f".worker{worker[0]}" if worker else ""
+    share = share or Share()
+    suffix = f".worker{share.index}" if share.index is not None else ""
     runs = RunLog(out, {"drift": f"{name}{suffix}_drift.csv", "curve": f"{name}{suffix}_curve.csv",
                         "rows": f"{name}{suffix}.csv"},
                   key=lambda row: row["run_id"])  # the main table ("rows") last: a run is done once its row is written
     done = set(logged(out, name).get("run_id", ()))  # this process's log and every other's
     for n, spec in enumerate(specs, 1):
-        if run_id(spec) in done or (worker and (n - 1) % worker[1] != worker[0]):
+        config = make_config(spec)
+        if run_id(spec) in done:
+            continue
+        if not share.fits(spec["dataset"], config.steps):
+            share.out_of_time = True
+            continue
+        if not share.take(run_id(spec)):
             continue
         train, evaluation = datasets[spec["dataset"]]
         print(f"[{n}/{len(specs)}] {run_id(spec)}", file=sys.stderr, flush=True)
-        result = run_one(spec["method"], spec.get("metric") or None, spec["seed"], make_config(spec),
+        started = time.time()
+        result = run_one(spec["method"], spec.get("metric") or None, spec["seed"], config,
                          RunInputs(loader(model, train.num_labels), train, evaluation, device), progress=False)
         labels = {k: v for k, v in spec.items() if k not in result.row}
         runs.add({"drift": [{**d, "run_id": run_id(spec)} for d in result.drift],
                   "curve": [{**labels, **c, "run_id": run_id(spec)} for c in result.curve],
                   "rows": [{**labels, **result.row, "run_id": run_id(spec)}]})
+        share.ran += 1
+        rate = (time.time() - started) / max(config.steps, 1)
+        share.seconds_per_step[spec["dataset"]] = max(rate, share.seconds_per_step.get(spec["dataset"], 0.0))
     return logged(out, name), logged(out, name, "_drift")
+
+
+def run_id(spec: dict) -> str:
+    """A run's identity in the logs: every label of its spec."""
+    return "|".join(f"{k}={spec[k]}" for k in sorted(spec))
 
 
 def logged(out: Path, name: str, table: str = "") -> pd.DataFrame:
@@ -149,16 +219,31 @@ def logged(out: Path, name: str, table: str = "") -> pd.DataFrame:
     return frame.drop_duplicates() if table else frame.drop_duplicates("run_id", ignore_index=True)
 
 
-def spawn_workers(script: str, argv: list[str], workers: int, rounds: int) -> None:
-    """Run ``script`` as ``workers`` processes side by side (``--worker i/n`` added to ``argv``), ``rounds`` times
-    (a study whose later stage needs an earlier stage's results runs one round per stage); exits on a failure."""
+def spawn_workers(script: str, argv: list[str], workers: int) -> int:
+    """Run ``script`` as ``workers`` processes side by side, each with ``--worker i/n --claims DIR`` added to
+    ``argv``: they pull runs from one queue (a claim file per run in a fresh folder). Where several GPUs are visible
+    the workers are spread over them, one GPU each; each gets an equal share of the CPU threads. Returns the
+    largest exit code (0: all finished)."""
+    import shutil
     import subprocess
+    import tempfile
 
-    for _ in range(rounds):
-        procs = [subprocess.Popen([sys.executable, script, *argv, "--worker", f"{i}/{workers}"]) for i in range(workers)]
-        codes = [proc.wait() for proc in procs]
-        if any(codes):
-            sys.exit(f"error: a worker exited with {max(codes, key=abs)}; rerun the same command to resume")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = ([g for g in visible.split(",") if g.strip()] if visible is not None
+            else [str(i) for i in range(torch.cuda.device_count())])
+    claims = tempfile.mkdtemp(prefix="salience-bench-claims-")
+    try:
+        procs = []
+        for i in range(workers):
+            env = {**os.environ, "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false"),
+                   "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))}
+            if len(gpus) > 1:
+                env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+            procs.append(subprocess.Popen([sys.executable, script, *argv, "--worker", f"{i}/{workers}",
+                                           "--claims", claims], env=env))
+        return max((proc.wait() for proc in procs), key=abs)
+    finally:
+        shutil.rmtree(claims, ignore_errors=True)
 
 
 def worker_option(text: str) -> tuple[int, int]:

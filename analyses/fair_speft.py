@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,20 +87,25 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--head-lr", type=float, default=1e-3, help="the task head's rate in every arm (default: 1e-3)")
     p.add_argument("--workers", type=int, default=1,
-                   help="training processes side by side (e.g. several on one GPU; default: 1). Each logs its own "
-                        "share of the runs; the tables and verdicts are written once all have finished")
+                   help="training processes side by side (default: 1), pulling runs from one queue; several fit one "
+                        "GPU for a small model, and where several GPUs are visible they are spread over them. The "
+                        "tables and verdicts are written once every run is logged")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="start no run that would not finish within this many seconds of the start (estimated from "
+                        "the runs finished so far), then stop; rerun the same command to resume (e.g. in a batch job)")
     p.add_argument("--no-figures", action="store_true",
                    help="write the tables and verdicts without the figure (no matplotlib needed, e.g. on a GPU "
                         "machine without it); rerun the same command elsewhere to draw it: every run is found logged")
     p.add_argument("--worker", type=_common.worker_option, default=None, help=argparse.SUPPRESS)  # i/n: one of them
+    p.add_argument("--claims", type=Path, default=None, help=argparse.SUPPRESS)  # the workers' shared claim folder
+    p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)  # the parent's time limit
     argv = list(sys.argv[1:] if argv is None else argv)
     args, device, out, started = _common.start(STUDY, "", argv, arguments=p)
     if args.workers < 1:
         p.error(f"--workers {args.workers}: must be at least 1")
-    if args.workers > 1 and args.worker is None:
-        # One round for the rate sweep, one for the final runs (they need the sweep's chosen rates); then this
-        # process finds every run logged and writes the tables.
-        _common.spawn_workers(__file__, _without_workers(argv), args.workers, rounds=2)
+    if args.time_limit is not None and args.time_limit <= 0:
+        p.error(f"--time-limit {args.time_limit:g}: must be a positive number of seconds")
+    deadline = args.deadline or (started + args.time_limit if args.time_limit else None)
     tasks = ["rte", "stsb"] if args.quick else [t.strip() for t in args.tasks.split(",")]
     if any(t not in TASKS for t in tasks):
         p.error(f"--tasks {args.tasks!r}: valid tasks are {', '.join(TASKS)}")
@@ -107,6 +113,12 @@ def main(argv=None) -> None:
     unknown = [a for a in chosen_arms if a not in ARMS]
     if unknown or not {"sparse grad", "lora"} <= set(chosen_arms):
         p.error(f"--arms {args.arms!r}: valid arms are {', '.join(ARMS)}, and 'sparse grad' and 'lora' are required")
+    spawned = args.workers > 1 and args.worker is None
+    if spawned:
+        argv = _without_workers(argv) + (["--deadline", repr(deadline)] if deadline else [])
+        code = _common.spawn_workers(__file__, argv, args.workers)
+        if code:
+            sys.exit(f"error: a worker exited with {code}; rerun the same command to resume")
     arms = {k: ARMS[k] for k in chosen_arms}
     seeds, sweep_seeds = (2, 1) if args.quick else (args.seeds, args.sweep_seeds)
     batch = 8 if args.quick else args.batch_size
@@ -134,32 +146,53 @@ def main(argv=None) -> None:
         return dict(task=task, dataset=task if split == "tune" else task + ":report", arm=arm, method=method,
                     metric=metric, lr=lr, seed=seed, recipe=recipe)
 
-    # 1. The sweep, on the held-out slice of the training split.
+    def finals(task: str, rate: dict) -> list[dict]:
+        """The task's final runs at its chosen rates, and SPEFT's recipe beside them."""
+        specs = [spec(task, arm, rate[task, arm], s, "report") for arm in arms for s in range(seeds)]
+        for arm in ("sparse grad", "lora"):
+            for lr, which in ((SPEFT_RATE, "lr 5e-5"), (rate[task, arm], "tuned lr")):
+                specs += [{**spec(task, arm, lr, s, "report", "speft"), "arm": f"{arm} (SPEFT q,v, {which})"}
+                          for s in range(seeds)]
+        return list({_key(s): s for s in specs}.values())
+
+    # 1. The sweep, on the held-out slice of the training split; 2. each task's final runs at its chosen rates,
+    # reported on the validation split, as soon as its sweep is logged; 3. SPEFT's recipe beside them.
     sweep_specs = [spec(t, arm, lr, s, "tune") for t in tasks for arm, (method, _) in arms.items()
                    for lr in rates[method] for s in range(sweep_seeds)]
-    sweep, _ = _common.run_grid(out, "sweep", sweep_specs, config, model=args.model, device=device, datasets=data,
-                                worker=args.worker)
-    if args.worker is not None and {_key(s) for s in sweep_specs} - set(sweep.get("run_id", ())):
-        return  # a worker of the first round: the other workers' sweep runs are not all logged yet
+    share = _common.Share(index=args.worker[0] if args.worker else None, claims=args.claims, deadline=deadline)
+    while True:
+        ran = share.ran
+        if not spawned:
+            sweep, _ = _common.run_grid(out, "sweep", sweep_specs, config, model=args.model, device=device,
+                                        datasets=data, share=share)
+        sweep = _only(_common.logged(out, "sweep"), sweep_specs)  # a shared folder may hold other grids' runs
+        rate = _chosen_rates(sweep, sweep_specs)
+        ready = [t for t in tasks if all((t, arm) in rate for arm in arms)]
+        final_specs = [s for t in ready for s in finals(t, rate)]
+        if not spawned:
+            _common.run_grid(out, "runs", final_specs, config, model=args.model, device=device, datasets=data,
+                             share=share)
+        rows = _only(_common.logged(out, "runs"), final_specs)
+        logged = set(rows.get("run_id", ())) | set(sweep.get("run_id", ()))
+        pending = [_key(s) for s in sweep_specs + final_specs if _key(s) not in logged]
+        complete = len(ready) == len(tasks) and not pending
+        idle = share.ran == ran
+        if complete or spawned or idle and (share.out_of_time or not any(map(share.held_by_a_live_process, pending))):
+            break
+        if idle:
+            time.sleep(2)  # every open run is another worker's: its sweep may free this task's final runs
+    if args.worker is not None:
+        return  # the parent process writes the tables
+    if not complete:
+        total = len(sweep_specs) + len(tasks) * seeds * (len(arms) + 4)
+        print(f"stopped before the end (time limit): {len(logged)} of {total} runs logged in {out}; rerun the "
+              "same command to resume")
+        return
     sweep = with_headline(sweep)
     sweep_table = sweep.groupby(["task", "arm", "lr"], as_index=False)["headline"].mean()
     chosen = sweep_table.loc[sweep_table.groupby(["task", "arm"])["headline"].idxmax()].reset_index(drop=True)
     report_io.write_csv(sweep_table, out / "sweep_summary.csv")
     report_io.write_csv(chosen, out / "chosen_rates.csv")
-    rate = {(r.task, r.arm): r.lr for r in chosen.itertuples()}
-
-    # 2. Final runs at the chosen rates, reported on the validation split; 3. SPEFT's recipe beside them.
-    final_specs = [spec(t, arm, rate[t, arm], s, "report") for t in tasks for arm in arms for s in range(seeds)]
-    for t in tasks:
-        for arm in ("sparse grad", "lora"):
-            for lr, which in ((SPEFT_RATE, "lr 5e-5"), (rate[t, arm], "tuned lr")):
-                final_specs += [{**spec(t, arm, lr, s, "report", "speft"), "arm": f"{arm} (SPEFT q,v, {which})"}
-                                for s in range(seeds)]
-    final_specs = list({_key(s): s for s in final_specs}.values())
-    rows, _ = _common.run_grid(out, "runs", final_specs, config, model=args.model, device=device, datasets=data,
-                               worker=args.worker)
-    if args.worker is not None:
-        return  # the parent process writes the tables
     rows = with_headline(rows)
 
     summary, verdicts = [], []
@@ -235,8 +268,26 @@ def _without_workers(argv: list[str]) -> list[str]:
     return kept
 
 
-def _key(spec: dict) -> str:
-    return "|".join(f"{k}={spec[k]}" for k in sorted(spec))
+_key = _common.run_id
+
+
+def _only(rows: pd.DataFrame, specs: list[dict]) -> pd.DataFrame:
+    """The logged runs that are among ``specs``."""
+    return rows[rows.run_id.isin({_key(s) for s in specs})].reset_index(drop=True) if len(rows) else rows
+
+
+def _chosen_rates(sweep: pd.DataFrame, sweep_specs: list[dict]) -> dict[tuple[str, str], float]:
+    """(task, arm) → the rate with the best mean headline metric on the held-out slice, for every (task, arm) whose
+    sweep runs are all logged."""
+    if not len(sweep):
+        return {}
+    logged = set(sweep.run_id)
+    expected = pd.DataFrame([dict(task=s["task"], arm=s["arm"], done=_key(s) in logged) for s in sweep_specs])
+    complete = {(r.task, r.arm) for r in expected.groupby(["task", "arm"], as_index=False)["done"].all().itertuples()
+                if r.done}
+    table = with_headline(sweep).groupby(["task", "arm", "lr"], as_index=False)["headline"].mean()
+    best = table.loc[table.groupby(["task", "arm"])["headline"].idxmax()]
+    return {(r.task, r.arm): r.lr for r in best.itertuples() if (r.task, r.arm) in complete}
 
 
 if __name__ == "__main__":

@@ -78,6 +78,56 @@ def test_fair_speft_workers_share_the_grid_and_give_the_same_tables(tiny_model_d
         assert all(len(s) for s in shares) and not set(shares[0].run_id) & set(shares[1].run_id)
         assert not (out / f"{grid}.csv").exists()  # the parent found every run logged: it ran none itself
     pd.testing.assert_frame_equal(summaries[1], summaries[2])
+    # --time-limit: the first run always starts; none after it fits a tiny limit, so the study stops with the rest
+    # unlogged, and the same command without the limit resumes to the same tables
+    out = tmp_path / "limited"
+    result = subprocess.run([sys.executable, str(ROOT / "analyses" / "fair_speft.py"), "--quick", "--model",
+                             str(tiny_model_dir), "--device", "cpu", "--out", str(out), "--no-figures",
+                             "--time-limit", "0.001"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0 and "stopped before the end" in result.stdout, result.stderr[-3000:]
+    assert len(pd.read_csv(out / "sweep.csv")) == 1 and not (out / "summary.csv").exists()
+    study(out, "--no-figures")
+    pd.testing.assert_frame_equal(summaries[1], pd.read_csv(out / "summary.csv"))
     bad = subprocess.run([sys.executable, str(ROOT / "analyses" / "fair_speft.py"), "--worker", "2/2"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "--worker '2/2'" in bad.stderr
+
+
+def test_share_claims_a_run_once_and_costs_runs_against_the_deadline(tmp_path):
+    sys.path.insert(0, str(ROOT / "analyses"))
+    import time
+
+    import _common
+
+    first, second = (_common.Share(index=i, claims=tmp_path) for i in (0, 1))
+    assert first.take("run a") and not second.take("run a") and second.take("run b")
+    assert second.held_by_a_live_process("run a")  # this test's own process holds it
+    (tmp_path / first._claim("run c").name).write_text("999999999")  # a claim left by a process that has ended
+    assert not first.held_by_a_live_process("run c") and not first.held_by_a_live_process("never claimed")
+    assert not _common.Share().held_by_a_live_process("run a")  # no claim folder: nothing is another's
+    share = _common.Share(deadline=time.time() + 100)
+    assert share.fits("sst2", 10**9)  # nothing finished yet: no estimate, the run starts
+    share.seconds_per_step["sst2"] = 0.1
+    assert share.fits("sst2", 500) and not share.fits("sst2", 900)  # 1.2 × 0.1 s × steps against 100 s
+    assert not share.fits("rte", 900) and share.fits("rte", 500)  # unseen data: the slowest rate seen
+
+
+def test_spawned_workers_pull_from_one_queue_spread_over_the_visible_gpus(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "analyses"))
+    import _common
+
+    script = tmp_path / "worker.py"
+    script.write_text("import os, sys\n"
+                      "i = sys.argv[sys.argv.index('--worker') + 1].split('/')[0]\n"
+                      "claims = sys.argv[sys.argv.index('--claims') + 1]\n"
+                      "open(os.path.join(sys.argv[1], i), 'w').write(os.environ['CUDA_VISIBLE_DEVICES'] + ' '\n"
+                      "    + os.environ['OMP_NUM_THREADS'] + ' ' + str(os.path.isdir(claims)) + ' ' + claims)\n"
+                      "sys.exit(3 if i == '2' else 0)\n")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    code = _common.spawn_workers(str(script), [str(tmp_path)], 3)
+    threads = str(max(1, (os.cpu_count() or 1) // 3))
+    seen = [(tmp_path / str(i)).read_text().split() for i in range(3)]
+    assert [s[:3] for s in seen] == [[g, threads, "True"] for g in ("4", "7", "4")]
+    assert len({s[3] for s in seen}) == 1 and not Path(seen[0][3]).exists()  # one queue, removed at the end
+    assert code == 3  # a failing worker's exit code reaches the parent
