@@ -60,6 +60,10 @@ def loader(model: str, num_labels: int):
     return load
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
 def fmt_ci(mean: float, half: float) -> str:
     return f"{mean:.4f}" + ("" if half != half else f" ± {half:.4f}")
 
@@ -70,7 +74,6 @@ def write_readme(path: Path, title: str, question: str, verdict: list[str], args
     """The study's README: question, verdict with numbers, the exact command and the device. With ``runs`` (every
     finished run, resumed ones included) it also states their summed training time: a resumed invocation's wall
     time alone would understate the study."""
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     lines = [f"# {title}", "", f"**Question.** {question}", "", "## Verdict", "", *verdict, ""]
     for fig in figures:
         lines += [f"![{fig}](figures/{fig}.png)", ""]
@@ -79,7 +82,7 @@ def write_readme(path: Path, title: str, question: str, verdict: list[str], args
     lines += [
         "## How this was made", "",
         f"- command: `python {' '.join(['analyses/' + Path(sys.argv[0]).name, *sys.argv[1:]])}`",
-        f"- device: {device_name}; torch {torch.__version__}; {time.time() - started:.0f} s for this invocation"
+        f"- device: {device_name(device)}; torch {torch.__version__}; {time.time() - started:.0f} s for this invocation"
         + (f"; the {len(runs)} runs' training time sums to {runs['train_seconds'].astype(float).sum():.0f} s "
            "(train_seconds; scoring, evaluation and loading not included)"
            if runs is not None and "train_seconds" in runs else ""),
@@ -191,6 +194,7 @@ def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str
         result = run_one(spec["method"], spec.get("metric") or None, spec["seed"], config,
                          RunInputs(loader(model, train.num_labels), train, evaluation, device), progress=False)
         labels = {k: v for k, v in spec.items() if k not in result.row}
+        labels["device_name"] = device_name(device)  # resumed grids may mix machines: each row says where it ran
         runs.add({"drift": [{**d, "run_id": run_id(spec)} for d in result.drift],
                   "curve": [{**labels, **c, "run_id": run_id(spec)} for c in result.curve],
                   "rows": [{**labels, **result.row, "run_id": run_id(spec)}]})
