@@ -163,13 +163,15 @@ class Share:
 
 
 def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str, device: torch.device,
-             datasets: dict, share: Share | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+             datasets: dict, share: Share | None = None, max_runs: int | None = None
+             ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every spec (method, metric, seed, dataset, plus study labels) not already logged in ``out``; each
     finished run is appended at once (``name.csv``), so a rerun resumes.
 
     ``make_config(spec)`` gives the TrainConfig; ``datasets[spec['dataset']]`` is (train, eval). ``share``: this
     process's part when several share the grid (see :class:`Share`); runs logged by any process count as done, and
-    the tables returned hold every process's rows.
+    the tables returned hold every process's rows. ``max_runs``: return after running that many (a caller that
+    ranks several grids goes back to the first).
     """
     from salience_bench.training import RunInputs, run_one
 
@@ -179,9 +181,10 @@ def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str
                         "rows": f"{name}{suffix}.csv"},
                   key=lambda row: row["run_id"])  # the main table ("rows") last: a run is done once its row is written
     done = set(logged(out, name).get("run_id", ()))  # this process's log and every other's
+    ran = 0
     for n, spec in enumerate(specs, 1):
         config = make_config(spec)
-        if run_id(spec) in done:
+        if run_id(spec) in done or max_runs is not None and ran >= max_runs:
             continue
         if not share.fits(spec["dataset"], config.steps):
             share.out_of_time = True
@@ -199,6 +202,7 @@ def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str
                   "curve": [{**labels, **c, "run_id": run_id(spec)} for c in result.curve],
                   "rows": [{**labels, **result.row, "run_id": run_id(spec)}]})
         share.ran += 1
+        ran += 1
         rate = (time.time() - started) / max(config.steps, 1)
         share.seconds_per_step[spec["dataset"]] = max(rate, share.seconds_per_step.get(spec["dataset"], 0.0))
     return logged(out, name), logged(out, name, "_drift")
