@@ -198,12 +198,13 @@ def main(argv=None) -> None:
         print(f"stopped before the end (time limit): {len(logged)} of {total} runs logged in {out}; rerun the "
               "same command to resume")
         return
-    sweep = with_headline(sweep)
-    sweep_table = sweep.groupby(["task", "arm", "lr"], as_index=False)["headline"].mean()
-    chosen = sweep_table.loc[sweep_table.groupby(["task", "arm"])["headline"].idxmax()].reset_index(drop=True)
+    sweep_table, chosen = _sweep_tables(sweep)
     report_io.write_csv(sweep_table, out / "sweep_summary.csv")
     report_io.write_csv(chosen, out / "chosen_rates.csv")
     rows = with_headline(rows)
+    arm_order = {a: i for i, a in enumerate(dict.fromkeys(s["arm"] for t in tasks for s in finals(t, rate)))}
+    rows = rows.assign(_task=rows.task.map(tasks.index), _arm=rows.arm.map(arm_order)).sort_values(
+        ["_task", "_arm", "seed"], kind="stable").drop(columns=["_task", "_arm"])
 
     summary, verdicts = [], []
     for (task, arm), group in rows.groupby(["task", "arm"], sort=False):
@@ -220,31 +221,53 @@ def main(argv=None) -> None:
     comparisons = [("sparse grad", "lora"), *[(f"sparse grad (SPEFT q,v, {which})", f"lora (SPEFT q,v, {which})")
                                                for which in ("lr 5e-5", "tuned lr")]]
     for task, group in rows.groupby("task", sort=False):
-        for a, b in comparisons:
-            diffs = paired(group, a, b, "headline")
-            if diffs:
-                word, mean, low, high = verdict(diffs)
-                verdicts.append(dict(task=task, comparison=f"{a} − {b}", seeds=len(diffs), mean=mean, low=low, high=high,
-                                     verdict=word))
+        floor = constant_prediction_score(data[task + ":report"][1])
         others = [a for a in ("sparse fisher", "sparse random") if a in set(group.arm)]
         if others and "sparse grad" in set(group.arm):
             best = max(others, key=lambda a: group[group.arm == a].headline.mean())
-            diffs = paired(group, "sparse grad", best, "headline")
+            comparisons_here = [*comparisons, ("sparse grad", best)]
+        else:
+            comparisons_here = comparisons
+        for a, b in comparisons_here:
+            diffs = paired(group, a, b, "headline")
+            if not diffs:
+                continue
             word, mean, low, high = verdict(diffs)
-            verdicts.append(dict(task=task, comparison=f"sparse grad − {best} (best other metric)", seeds=len(diffs),
-                                 mean=mean, low=low, high=high, verdict=word))
+            both = group[group.arm.isin((a, b))].headline
+            # The rule was fixed before the runs; this only says when both arms never beat predicting one value
+            note = ("both arms at the constant-prediction score on every seed: no evidence either way"
+                    if floor is not None and (both - floor).abs().max() < 1e-9 else "")
+            name = f"{a} − {b}" + (" (best other metric)" if (a, b) not in comparisons else "")
+            verdicts.append(dict(task=task, comparison=name, seeds=len(diffs), mean=mean, low=low, high=high,
+                                 verdict=word, note=note))
     verdict_table = pd.DataFrame(verdicts)
     report_io.write_csv(verdict_table, out / "verdicts.csv")
     for v in verdicts:
         lines.append(f"- {v['task']}: {v['comparison']}: {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] over "
-                     f"{v['seeds']} paired seeds → **{v['verdict']}**")
+                     f"{v['seeds']} paired seeds → **{v['verdict']}**" + (f" ({v['note']})" if v["note"] else ""))
+    edges = chosen[chosen.edge != ""]
+    if len(edges):
+        lines.append(f"- {len(edges)} of {len(chosen)} chosen rates lie at an end of their sweep (see Chosen rates): "
+                     "the best rate for those arms may lie beyond the range the protocol fixed.")
+    curves = with_headline(_only(_common.logged(out, "runs", "_curve"), [s for t in tasks for s in finals(t, rate)]))
+    settled = _ranking_settled(curves)
+    report_io.write_csv(settled, out / "ranking_vs_final.csv")
+    for task, part in settled.groupby("task", sort=False):
+        at = [part.loc[(part.fraction - f).abs().idxmin()] for f in (0.5, 0.8)]
+        lines.append(f"- {task}: the arms' ranking vs the end's, Kendall τ: " +
+                     ", ".join(f"{r.kendall_tau:+.2f} at step {r.step} ({r.fraction:.0%})" for r in at))
+    names = rows.device_name.value_counts() if "device_name" in rows else pd.Series(dtype=int)
+    lines.append("- Final runs trained on: " + (", ".join(f"{n} ({c} runs)" for n, c in names.items()) or "unknown")
+                 + "; train_seconds are not timings where several processes shared a device (--workers).")
 
     if not args.no_figures:
         _summary_figure(summary, tasks, out)
+        _curve_figure(curves, tasks, out)
     _common.write_readme(out, "A fair test of the SPEFT claims", __doc__.split("\n\n")[0].replace("\n", " "), lines,
                          args, device, started, tables={"Verdicts": verdict_table.round(4), "Chosen rates": chosen,
-                                                        "Summary": summary.round(4)},
-                         figures=[] if args.no_figures else ["summary"],
+                                                        "Summary": summary.round(4),
+                                                        "Ranking vs the end": settled.round(3)},
+                         figures=[] if args.no_figures else ["summary", "curves"],
                          runs=pd.concat([sweep, rows], ignore_index=True))
     print("\n".join(lines))
 
@@ -255,15 +278,74 @@ def _summary_figure(summary: pd.DataFrame, tasks: list[str], out: Path) -> None:
     from salience_bench.report import figures
 
     figures.paper_style()
-    fig, axes = plt.subplots(1, len(tasks), figsize=(2 * figures.COLUMN_WIDTH_IN, 2.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2 * figures.COLUMN_WIDTH_IN, 2.6), squeeze=False, sharey=True)
     for ax, task in zip(axes[0], tasks):
         part = summary[summary.task == task]
-        ax.barh(list(part.arm), part["mean"], xerr=part.ci95.fillna(0), capsize=2, height=0.6)
-        ax.invert_yaxis()
+        # points with 95% intervals on each task's own scale: bars from 0 would hide differences of a point or two
+        ax.errorbar(part["mean"], list(part.arm), xerr=part.ci95.fillna(0), fmt="o", ms=2, capsize=2, lw=0.8)
         ax.set_title(f"{task} ({part.measure.iloc[0]})", fontsize=7)
         ax.tick_params(labelsize=5)
+    axes[0][0].invert_yaxis()
     fig.tight_layout()
     _common.save(fig, out, "summary")
+
+
+def _curve_figure(curves: pd.DataFrame, tasks: list[str], out: Path) -> None:
+    """Each arm's mean headline metric over seeds along training (the fair recipe's final runs)."""
+    import matplotlib.pyplot as plt
+
+    from salience_bench.report import figures
+
+    figures.paper_style()
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2 * figures.COLUMN_WIDTH_IN, 2.2), squeeze=False)
+    fair = curves[curves.recipe == "fair"]
+    for ax, task in zip(axes[0], tasks):
+        for arm in (a for a in ARMS if a in set(fair.arm)):  # one order, so each arm keeps its colour
+            mean = fair[(fair.task == task) & (fair.arm == arm)].groupby("step").headline.mean()
+            ax.plot(mean.index, mean.values, label=arm, lw=0.8)
+        ax.set_title(f"{task} ({headline_metric(task)})", fontsize=7)
+        ax.set_xlabel("step", fontsize=6)
+        ax.tick_params(labelsize=5)
+    axes[0][0].legend(fontsize=4)
+    fig.tight_layout()
+    _common.save(fig, out, "curves")
+
+
+def _ranking_settled(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per task and evaluation point: Kendall's τ between the arms' ranking there (mean over seeds of the fair
+    recipe's final runs) and at the end — 1 once the ranking no longer changes."""
+    from scipy.stats import kendalltau
+
+    rows = []
+    for task, part in curves[curves.recipe == "fair"].groupby("task", sort=False):
+        means = part.groupby(["step", "arm"]).headline.mean().unstack("arm")
+        end = means.iloc[-1]
+        for step, at in means.iterrows():
+            tau = kendalltau(at, end).statistic
+            rows.append(dict(task=task, step=int(step), fraction=round(step / means.index[-1], 2), kendall_tau=tau))
+    return pd.DataFrame(rows, columns=["task", "step", "fraction", "kendall_tau"])
+
+
+def _sweep_tables(sweep: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(mean headline metric per task, arm and rate; each (task, arm)'s best rate, with ``edge`` saying whether it is
+    the lowest or highest rate swept)."""
+    table = with_headline(sweep).groupby(["task", "arm", "lr"], as_index=False)["headline"].mean()
+    chosen = table.loc[table.groupby(["task", "arm"])["headline"].idxmax()].reset_index(drop=True)
+    bounds = table.groupby(["task", "arm"]).lr.agg(["min", "max"])
+    chosen["edge"] = [("lowest" if r.lr == bounds.loc[(r.task, r.arm), "min"] else
+                       "highest" if r.lr == bounds.loc[(r.task, r.arm), "max"] else "") for r in chosen.itertuples()]
+    return table, chosen
+
+
+def constant_prediction_score(evaluation) -> float | None:
+    """The headline score of predicting one value for every example: the majority class's share (accuracy), 0
+    (Matthews correlation); None where it is undefined (a correlation with a constant, STS-B)."""
+    measure = headline_metric(evaluation.name)
+    if measure == "mcc":
+        return 0.0
+    if measure == "accuracy" and not evaluation.regression:
+        return max(pd.Series(evaluation.labels).value_counts()) / len(evaluation)
+    return None
 
 
 def _without_workers(argv: list[str]) -> list[str]:
@@ -295,8 +377,7 @@ def _chosen_rates(sweep: pd.DataFrame, sweep_specs: list[dict]) -> dict[tuple[st
     expected = pd.DataFrame([dict(task=s["task"], arm=s["arm"], done=_key(s) in logged) for s in sweep_specs])
     complete = {(r.task, r.arm) for r in expected.groupby(["task", "arm"], as_index=False)["done"].all().itertuples()
                 if r.done}
-    table = with_headline(sweep).groupby(["task", "arm", "lr"], as_index=False)["headline"].mean()
-    best = table.loc[table.groupby(["task", "arm"])["headline"].idxmax()]
+    _, best = _sweep_tables(sweep)
     return {(r.task, r.arm): r.lr for r in best.itertuples() if (r.task, r.arm) in complete}
 
 

@@ -131,3 +131,33 @@ def test_spawned_workers_pull_from_one_queue_spread_over_the_visible_gpus(tmp_pa
     assert [s[:3] for s in seen] == [[g, threads, "True"] for g in ("4", "7", "4")]
     assert len({s[3] for s in seen}) == 1 and not Path(seen[0][3]).exists()  # one queue, removed at the end
     assert code == 3  # a failing worker's exit code reaches the parent
+
+
+def test_fair_speft_sweep_edges_constant_prediction_floor_and_ranking_against_the_end():
+    sys.path.insert(0, str(ROOT / "analyses"))
+    import fair_speft
+    from scipy.stats import kendalltau
+
+    import salience_bench as sb
+
+    sweep = pd.DataFrame([dict(task="rte", arm=arm, lr=lr, seed=s, eval_accuracy=acc + 0.001 * s)
+                          for arm, best in (("lora", 1e-4), ("full", 5e-5)) for lr in (1e-5, 5e-5, 1e-4) for s in (0, 1)
+                          for acc in [0.6 if lr == best else 0.5]])
+    table, chosen = fair_speft._sweep_tables(sweep)
+    assert len(table) == 6 and dict(zip(chosen.arm, chosen.lr)) == {"full": 5e-5, "lora": 1e-4}
+    assert dict(zip(chosen.arm, chosen.edge)) == {"full": "", "lora": "highest"}
+    # predicting one class: the majority's share of the reporting split, counted here by hand
+    rte = sb.load_dataset("rte", "validation")
+    majority = max(sum(1 for y in rte.labels if y == c) for c in set(rte.labels)) / len(rte.labels)
+    assert fair_speft.constant_prediction_score(rte) == majority
+    assert fair_speft.constant_prediction_score(sb.load_dataset("cola", "validation")) == 0.0
+    assert fair_speft.constant_prediction_score(sb.load_dataset("stsb", "validation")) is None
+    # the ranking at each evaluation against the last one's, as scipy's Kendall tau of the arm means
+    means = {10: {"a": 0.1, "b": 0.3, "c": 0.2}, 20: {"a": 0.3, "b": 0.1, "c": 0.2}, 30: {"a": 0.3, "b": 0.2, "c": 0.1}}
+    curves = pd.DataFrame([dict(task="t", recipe="fair", arm=arm, seed=s, step=step, headline=v + 0.01 * s)
+                           for step, by_arm in means.items() for arm, v in by_arm.items() for s in (0, 1)])
+    settled = fair_speft._ranking_settled(curves)
+    end = [means[30][a] for a in "abc"]
+    expected = [kendalltau([means[step][a] for a in "abc"], end).statistic for step in (10, 20, 30)]
+    assert settled.kendall_tau.tolist() == pytest.approx(expected) and expected[-1] == 1 and expected[0] < 0
+    assert settled.fraction.tolist() == pytest.approx([1 / 3, 2 / 3, 1], abs=0.01)
