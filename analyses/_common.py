@@ -183,8 +183,10 @@ def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str
     done = set(logged(out, name).get("run_id", ()))  # this process's log and every other's
     ran = 0
     for n, spec in enumerate(specs, 1):
+        if max_runs is not None and ran >= max_runs:
+            break
         config = make_config(spec)
-        if run_id(spec) in done or max_runs is not None and ran >= max_runs:
+        if run_id(spec) in done:
             continue
         if not share.fits(spec["dataset"], config.steps):
             share.out_of_time = True

@@ -14,7 +14,7 @@ STUDIES = {
     "density_sweep": ("summary.csv", ["accuracy_vs_density"]),
     "static_vs_dynamic": ("summary.csv", ["accuracy", "drift"]),
     "sparse_vs_lora_vs_full": ("summary.csv", ["accuracy"]),
-    "fair_speft": ("verdicts.csv", ["summary"]),
+    "fair_speft": ("verdicts.csv", ["summary", "curves"]),
 }
 
 
