@@ -57,6 +57,7 @@ def _two_process_worker(rank, world, init_file, out_file):
         scores = _all_metric_scores(distributed.shard(tiny_batches(num_batches=4))).materialize()
         if rank == 0:
             torch.save((dict(scores), scores.network), out_file)
+        dist.barrier()  # no rank tears gloo down while another still talks to it (a C++ abort otherwise, at times)
     finally:
         dist.destroy_process_group()
 

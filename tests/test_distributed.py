@@ -59,6 +59,7 @@ def _worker(rank, world, init_file, out_file, sum_dtype=None):
         result = work(distributed.shard(tiny_batches(num_batches=SCORING_BATCHES)), distributed.shard_rows, sum_dtype)
         if rank == 0:
             torch.save(result, out_file)
+        dist.barrier()  # no rank tears gloo down while another still talks to it (a C++ abort otherwise, at times)
     finally:
         dist.destroy_process_group()
 

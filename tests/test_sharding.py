@@ -61,6 +61,7 @@ def _worker(rank, world, init_file, out_file, which):
                 scores.stop()
         else:
             scores.serve()
+        dist.barrier()  # no rank tears gloo down while another still talks to it (a C++ abort otherwise, at times)
     finally:
         dist.destroy_process_group()
 
@@ -104,6 +105,7 @@ def _bucket_worker(rank, world, init_file, out_file):
         distributed.all_reduce_sum_(tensors)
         if rank == 0:
             torch.save(tensors, out_file)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
