@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -17,6 +18,20 @@ TINY = dict(
     max_position_embeddings=64, num_labels=2,
     initializer_range=0.2,  # larger than BERT's 0.02 so gradients are far from float underflow
 )
+
+
+@contextmanager
+def gloo_group(rank: int, world: int, init_file: str):
+    """A test worker's gloo process group: on success every rank meets at a barrier before the group is torn down,
+    so no rank destroys it while another still talks to it (that aborted a 3-rank test in C++ once)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def tiny_bert(seed: int = 0, vocab_size: int = 60, dtype=torch.float32) -> BertForSequenceClassification:

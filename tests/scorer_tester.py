@@ -21,13 +21,12 @@ import tempfile
 from typing import Callable, Mapping
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import salience_bench as sb
 from salience_bench import distributed
 
-from .conftest import tiny_batches, tiny_bert
+from .conftest import gloo_group, tiny_batches, tiny_bert
 from .reference import block_linear_weights
 
 Reference = Callable[[torch.nn.Module, list, list], "Mapping[str, torch.Tensor] | float"]
@@ -52,14 +51,10 @@ def _all_metric_scores(batches):
 def _two_process_worker(rank, world, init_file, out_file):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         scores = _all_metric_scores(distributed.shard(tiny_batches(num_batches=4))).materialize()
         if rank == 0:
             torch.save((dict(scores), scores.network), out_file)
-        dist.barrier()  # no rank tears gloo down while another still talks to it (a C++ abort otherwise, at times)
-    finally:
-        dist.destroy_process_group()
 
 
 @functools.lru_cache(maxsize=1)

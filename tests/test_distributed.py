@@ -9,7 +9,6 @@ import sys
 import pandas as pd
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import salience_bench as sb
@@ -17,7 +16,7 @@ from salience_bench import distributed
 from salience_bench.training import SparseDeltaEngine
 from salience_bench.training import freeze_all_but, head_parameters
 
-from .conftest import tiny_args, tiny_batches, tiny_bert
+from .conftest import gloo_group, tiny_args, tiny_batches, tiny_bert
 
 METRICS = ["grad", "snip", "fisher", "wanda", "spiel_grad", "grasp", "jacob_cov"]
 
@@ -54,14 +53,10 @@ def work(batches_for_me, shard_rows, sum_dtype=None):
 
 def _worker(rank, world, init_file, out_file, sum_dtype=None):
     os.environ["OMP_NUM_THREADS"] = "1"
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         result = work(distributed.shard(tiny_batches(num_batches=SCORING_BATCHES)), distributed.shard_rows, sum_dtype)
         if rank == 0:
             torch.save(result, out_file)
-        dist.barrier()  # no rank tears gloo down while another still talks to it (a C++ abort otherwise, at times)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -4,7 +4,6 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import salience_bench as sb
@@ -12,7 +11,7 @@ from salience_bench import distributed
 from salience_bench.errors import SalienceBenchError
 from salience_bench.sharding import shard_model
 
-from .conftest import tiny_batches, tiny_bert
+from .conftest import gloo_group, tiny_batches, tiny_bert
 
 METRICS = ["grad", "snip", "fisher", "wanda", "magnitude", "random"]
 BATCHES = 6  # whole batches per rank on 2 and on 3 ranks
@@ -47,8 +46,7 @@ MODELS = {"bert": (tiny_bert, lambda: tiny_batches(num_batches=BATCHES)), "llama
 def _worker(rank, world, init_file, out_file, which):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         build, make = MODELS[which]
         model = shard_model(build(), torch.device("cpu"))
         assert all(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters())
@@ -61,9 +59,6 @@ def _worker(rank, world, init_file, out_file, which):
                 scores.stop()
         else:
             scores.serve()
-        dist.barrier()  # no rank tears gloo down while another still talks to it (a C++ abort otherwise, at times)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("which, world", [("bert", 2), ("llama", 2), ("llama", 3)])
@@ -97,17 +92,13 @@ def test_shard_refuses_a_single_process():
 
 
 def _bucket_worker(rank, world, init_file, out_file):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         distributed.BUCKET_BYTES = 64  # 16 float32: every path (in place, shared buckets, flushes) is taken
         tensors = [torch.full((n,), float(rank + 1 + i)) for i, n in enumerate([3, 40, 5, 9, 1, 16, 2])]
         tensors.append(torch.arange(6.0).view(2, 3).t())  # not contiguous: goes through a bucket
         distributed.all_reduce_sum_(tensors)
         if rank == 0:
             torch.save(tensors, out_file)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 def test_all_reduce_sums_in_buckets_and_in_place(tmp_path):
