@@ -136,6 +136,10 @@ class Share:
         os.close(handle)
         return True
 
+    def open(self, run: str) -> bool:
+        """Whether ``run`` may still be logged in this invocation: nobody has claimed it, or a live process has."""
+        return self.claims is None or not self._claim(run).exists() or self.held_by_a_live_process(run)
+
     def held_by_a_live_process(self, run: str) -> bool:
         """Whether ``run`` is claimed by a process still running (one that is about to log it)."""
         if self.claims is None:
@@ -177,17 +181,15 @@ def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str
 
     share = share or Share()
     suffix = f".worker{share.index}" if share.index is not None else ""
-    runs = RunLog(out, {"drift": f"{name}{suffix}_drift.csv", "curve": f"{name}{suffix}_curve.csv",
-                        "rows": f"{name}{suffix}.csv"},
-                  key=lambda row: row["run_id"])  # the main table ("rows") last: a run is done once its row is written
+    runs = None  # this process's log, read when it first has a run to add to it
     done = set(logged(out, name).get("run_id", ()))  # this process's log and every other's
     ran = 0
     for n, spec in enumerate(specs, 1):
         if max_runs is not None and ran >= max_runs:
             break
-        config = make_config(spec)
         if run_id(spec) in done:
             continue
+        config = make_config(spec)
         if not share.fits(spec["dataset"], config.steps):
             share.out_of_time = True
             continue
@@ -200,6 +202,9 @@ def run_grid(out: Path, name: str, specs: list[dict], make_config, *, model: str
                          RunInputs(loader(model, train.num_labels), train, evaluation, device), progress=False)
         labels = {k: v for k, v in spec.items() if k not in result.row}
         labels["device_name"] = device_name(device)  # resumed grids may mix machines: each row says where it ran
+        runs = runs or RunLog(out, {"drift": f"{name}{suffix}_drift.csv", "curve": f"{name}{suffix}_curve.csv",
+                                    "rows": f"{name}{suffix}.csv"},
+                              key=lambda row: row["run_id"])  # the main table ("rows") last: a run is done once written
         runs.add({"drift": [{**d, "run_id": run_id(spec)} for d in result.drift],
                   "curve": [{**labels, **c, "run_id": run_id(spec)} for c in result.curve],
                   "rows": [{**labels, **result.row, "run_id": run_id(spec)}]})

@@ -26,6 +26,7 @@ import argparse
 import math
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -169,15 +170,17 @@ def main(argv=None) -> None:
     order = sorted(tasks, key=lambda t: steps_for[t])
     while True:
         ran = share.ran
+        rate = _chosen_rates(_only(_common.logged(out, "sweep"), sweep_specs), sweep_specs)
         for t in order if not spawned else ():  # one run at a time, from the first task with one open
             _common.run_grid(out, "sweep", [s for s in sweep_specs if s["task"] == t], config, model=args.model,
                              device=device, datasets=data, share=share, max_runs=1)
-            rate = _chosen_rates(_only(_common.logged(out, "sweep"), sweep_specs), sweep_specs)
             if share.ran == ran and all((t, arm) in rate for arm in arms):
                 _common.run_grid(out, "runs", finals(t, rate), config, model=args.model, device=device,
                                  datasets=data, share=share, max_runs=1)
             if share.ran > ran:
                 break
+        if share.ran > ran:
+            continue  # back to the first task, with the logs as they are now
         sweep = _only(_common.logged(out, "sweep"), sweep_specs)  # a shared folder may hold other grids' runs
         rate = _chosen_rates(sweep, sweep_specs)
         ready = [t for t in tasks if all((t, arm) in rate for arm in arms)]
@@ -186,15 +189,15 @@ def main(argv=None) -> None:
         logged = set(rows.get("run_id", ())) | set(sweep.get("run_id", ()))
         pending = [_key(s) for s in sweep_specs + final_specs if _key(s) not in logged]
         complete = len(ready) == len(tasks) and not pending
-        idle = share.ran == ran
-        if complete or spawned or idle and (share.out_of_time or not any(map(share.held_by_a_live_process, pending))):
+        # Done, out of time, or every open run was claimed by a process that has ended: stop. Otherwise runs are
+        # still open (another worker's, or freed since this pass read the logs, e.g. a task's final runs).
+        if complete or spawned or share.out_of_time or not any(map(share.open, pending)):
             break
-        if idle:
-            time.sleep(2)  # every open run is another worker's: its sweep may free this task's final runs
+        time.sleep(2)
     if args.worker is not None:
         return  # the parent process writes the tables
     if not complete:
-        total = len(sweep_specs) + len(tasks) * seeds * (len(arms) + 4)
+        total = len(sweep_specs) + sum(len(finals(t, defaultdict(float))) for t in tasks)  # rates do not change the count
         print(f"stopped before the end (time limit): {len(logged)} of {total} runs logged in {out}; rerun the "
               "same command to resume")
         return

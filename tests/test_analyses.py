@@ -105,6 +105,8 @@ def test_share_claims_a_run_once_and_costs_runs_against_the_deadline(tmp_path):
     (tmp_path / first._claim("run c").name).write_text("999999999")  # a claim left by a process that has ended
     assert not first.held_by_a_live_process("run c") and not first.held_by_a_live_process("never claimed")
     assert not _common.Share().held_by_a_live_process("run a")  # no claim folder: nothing is another's
+    # open: still to be logged in this invocation — unclaimed, or claimed by a live process; not a dead one's
+    assert first.open("run a") and first.open("never claimed") and not first.open("run c")
     share = _common.Share(deadline=time.time() + 100)
     assert share.fits("sst2", 10**9)  # nothing finished yet: no estimate, the run starts
     share.seconds_per_step["sst2"] = 0.1
