@@ -86,11 +86,23 @@ def write_readme(path: Path, title: str, question: str, verdict: list[str], args
         + (f"; the {len(runs)} runs' training time sums to {runs['train_seconds'].astype(float).sum():.0f} s "
            "(train_seconds; scoring, evaluation and loading not included)"
            if runs is not None and "train_seconds" in runs else ""),
+        *([f"- runs trained on: {trained_on(runs)}"] if runs is not None and len(runs) else []),
         f"- mode: {'quick (few metrics, seeds and steps: a smoke test, not evidence)' if args.quick else 'full'}",
         f"- salience_bench commit: {report_io.git_commit() or 'unknown'}",
-        "- intervals: 95% t-intervals over seeds (mean ± half-width)", "",
+        "- intervals: 95% t-intervals over seeds (mean ± half-width)",
+        # facts about the logged runs that the tables do not record (e.g. the weights they travelled as), kept by hand
+        # in the study folder so that rewriting the report from the logs keeps them
+        *((path / "NOTES.md").read_text().strip().splitlines() if (path / "NOTES.md").exists() else []), "",
     ]
     report_io.write_text(path / "README.md", "\n".join(lines))
+
+
+def trained_on(runs: pd.DataFrame) -> str:
+    """Where the logged runs trained, e.g. "NVIDIA H200 (816 runs)": their ``device_name`` (older logs: ``device``),
+    which may differ from the device of the invocation that writes the report."""
+    names = runs["device_name"] if "device_name" in runs else runs.get("device", pd.Series(dtype=object))
+    counts = names.fillna(runs.get("device", "unknown")).astype(str).value_counts()
+    return ", ".join(f"{name} ({count} runs)" for name, count in counts.items()) or "unknown"
 
 
 def _has_tabulate() -> bool:

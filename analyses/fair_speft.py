@@ -23,7 +23,6 @@ Protocol (fixed before any run):
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections import defaultdict
@@ -37,7 +36,7 @@ import _common  # noqa: E402
 import salience_bench as sb  # noqa: E402
 from salience_bench.data import EVAL_SPLIT, headline_metric, hold_out  # noqa: E402
 from salience_bench.report import io as report_io  # noqa: E402
-from salience_bench.stats import mean_ci  # noqa: E402
+from salience_bench.stats import claim_rule, claim_verdict, mean_ci  # noqa: E402
 from salience_bench.training import TrainConfig  # noqa: E402
 
 STUDY = "fair_speft"
@@ -50,19 +49,10 @@ SPARSE_RATES = (5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
 LORA_RATES = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3)
 RATES = {"sparse": SPARSE_RATES, "shira": SPARSE_RATES, "supertuning": SPARSE_RATES, "lora": LORA_RATES,
          "pissa": LORA_RATES, "full": (2e-5, 5e-5, 1e-4)}
+SETTLED_TAU = 0.9  # the arms' ranking counts as settled when Kendall's τ with the end's stays at or above this
 SPEFT_RATE = 5e-5
 SPEFT_RANK = 8
 SPEFT_INCLUDE = ("*attention.self.query.weight", "*attention.self.value.weight", "*q_proj.weight", "*v_proj.weight")
-MARGIN = 0.005  # "holds": the paired interval's lower bound above −0.5 points
-
-
-def verdict(differences: list[float]) -> tuple[str, float, float, float]:
-    """(verdict, mean, low, high) of paired differences under the study's decision rule."""
-    mean, half, _ = mean_ci(differences)
-    low, high = mean - half, mean + half
-    if math.isnan(half):
-        return "inconclusive", mean, low, high
-    return ("holds" if low > -MARGIN else "does not hold" if high < 0 else "inconclusive"), mean, low, high
 
 
 def with_headline(rows: pd.DataFrame) -> pd.DataFrame:
@@ -216,9 +206,7 @@ def main(argv=None) -> None:
                             ci95=half, lr=group.lr.iloc[0], trainable=int(group.trainable_params.iloc[0])))
     summary = pd.DataFrame(summary)
     report_io.write_csv(summary, out / "summary.csv")
-    lines = [f"Decision rule (stated before the runs): paired 95% interval of the difference; holds if its lower "
-             f"bound > −{MARGIN * 100:.1f} points, does not hold if its upper bound < 0, else inconclusive. "
-             f"The model is {args.model!r}" + (" (MiniLM-L6, 22M parameters: the only pretrained model available "
+    lines = [f"Decision rule (stated before the runs): {claim_rule()}. The model is {args.model!r}" + (" (MiniLM-L6, 22M parameters: the only pretrained model available "
                                                  "offline; rerun with --model roberta-base for a bigger one)."
                                                  if args.model == "bundled" else ".")]
     comparisons = [("sparse grad", "lora"), *[(f"sparse grad (SPEFT q,v, {which})", f"lora (SPEFT q,v, {which})")
@@ -235,7 +223,7 @@ def main(argv=None) -> None:
             diffs = paired(group, a, b, "headline")
             if not diffs:
                 continue
-            word, mean, low, high = verdict(diffs)
+            word, mean, low, high = claim_verdict(diffs)
             both = group[group.arm.isin((a, b))].headline
             # The rule was fixed before the runs; this only says when both arms never beat predicting one value
             note = ("both arms at the constant-prediction score on every seed: no evidence either way"
@@ -257,18 +245,30 @@ def main(argv=None) -> None:
     report_io.write_csv(settled, out / "ranking_vs_final.csv")
     for task, part in settled.groupby("task", sort=False):
         at = [part.loc[(part.fraction - f).abs().idxmin()] for f in (0.5, 0.8)]
+        late = part[(part.fraction >= 0.79) & (part.step < part.step.max())].kendall_tau
         lines.append(f"- {task}: the arms' ranking vs the end's, Kendall τ: " +
-                     ", ".join(f"{r.kendall_tau:+.2f} at step {r.step} ({r.fraction:.0%})" for r in at))
-    names = rows.device_name.value_counts() if "device_name" in rows else pd.Series(dtype=int)
-    lines.append("- Final runs trained on: " + (", ".join(f"{n} ({c} runs)" for n, c in names.items()) or "unknown")
-                 + "; train_seconds are not timings where several processes shared a device (--workers).")
+                     ", ".join(f"{r.kendall_tau:+.2f} at step {r.step} ({r.fraction:.0%})" for r in at) +
+                     (f" — settled (τ ≥ {SETTLED_TAU} at every evaluation from 80% on)" if len(late) and
+                      (late >= SETTLED_TAU).all() else f" — **not settled** (τ {late.min():+.2f} after 80%): longer "
+                      "training could change this task's verdicts"))
+    gap = _gap_along_training(curves, "sparse grad", "lora")
+    report_io.write_csv(gap, out / "gap_vs_step.csv")
+    for task, part in gap.groupby("task", sort=False):
+        later = part[part.fraction >= 0.5].difference
+        signs = set((later > 0).tolist()) if len(later) else set()
+        lines.append(f"- {task}: sparse grad − lora along training (mean over seeds): " +
+                     ", ".join(f"{part.loc[(part.fraction - f).abs().idxmin()].difference:+.3f} at {f:.0%}"
+                               for f in (0.5, 0.8, 1.0)) +
+                     (" — same sign from 50% on" if len(signs) == 1 else " — changes sign after 50%"))
+    lines.append(f"- Final runs trained on: {_common.trained_on(rows)}; train_seconds are not timings where several "
+                 "processes shared a device (--workers).")
 
     if not args.no_figures:
         _summary_figure(summary, tasks, out)
         _curve_figure(curves, tasks, out)
     _common.write_readme(out, "A fair test of the SPEFT claims", __doc__.split("\n\n")[0].replace("\n", " "), lines,
                          args, device, started, tables={"Verdicts": verdict_table.round(4), "Chosen rates": chosen,
-                                                        "Summary": summary.round(4),
+                                                        "Summary": summary.round(4).assign(lr=summary.lr.map("{:g}".format)),
                                                         "Ranking vs the end": settled.round(3)},
                          figures=[] if args.no_figures else ["summary", "curves"],
                          runs=pd.concat([sweep, rows], ignore_index=True))
@@ -312,6 +312,20 @@ def _curve_figure(curves: pd.DataFrame, tasks: list[str], out: Path) -> None:
     axes[0][0].legend(fontsize=4)
     fig.tight_layout()
     _common.save(fig, out, "curves")
+
+
+def _gap_along_training(curves: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Per task and evaluation point: arm ``a``'s mean headline metric over seeds minus arm ``b``'s (the fair
+    recipe's final runs) — whether the verdict's difference had its final sign well before the end."""
+    rows = []
+    for task, part in curves[curves.recipe == "fair"].groupby("task", sort=False):
+        means = part.groupby(["step", "arm"]).headline.mean().unstack("arm")
+        if a not in means or b not in means:
+            continue
+        for step, at in means.iterrows():
+            rows.append(dict(task=task, step=int(step), fraction=round(step / means.index[-1], 2),
+                             difference=at[a] - at[b]))
+    return pd.DataFrame(rows, columns=["task", "step", "fraction", "difference"])
 
 
 def _ranking_settled(curves: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import _common  # noqa: E402
 import salience_bench as sb  # noqa: E402
 from salience_bench.report import figures  # noqa: E402
-from salience_bench.stats import mean_ci  # noqa: E402
+from salience_bench.stats import claim_rule, claim_verdict, mean_ci  # noqa: E402
 from salience_bench.training import TrainConfig  # noqa: E402
 
 STUDY = "static_vs_dynamic"
@@ -36,23 +36,25 @@ def main(argv=None) -> None:
 
     data = {"sst2": (sb.load_dataset("sst2", "train"), sb.load_dataset("sst2", "validation"))}
     rows, drift = _common.run_grid(out, "runs", specs, config, model=args.model, device=device, datasets=data)
-    summary, verdict = [], []
+    summary, verdict = [], [f"Decision rule for \"static is as good as dynamic\", on static − dynamic (the rule "
+                            f"`fair_speft` states before its runs): {claim_rule()}."]
     for metric, group in rows.groupby("metric", sort=False):
         stat = group[group.schedule == "static"].sort_values("seed")
         dyn = group[group.schedule == "dynamic"].sort_values("seed")
         s_mean, s_half, n = mean_ci(stat.eval_accuracy)
         d_mean, d_half, _ = mean_ci(dyn.eval_accuracy)
-        diff_mean, diff_half, _ = mean_ci(dyn.eval_accuracy.to_numpy() - stat.eval_accuracy.to_numpy())
+        paired = stat.set_index("seed").eval_accuracy - dyn.set_index("seed").eval_accuracy
+        word, diff_mean, low, high = claim_verdict(paired.dropna().tolist())
         cost = dyn.seconds_per_step.mean() / stat.seconds_per_step.mean()
         summary.append(dict(metric=metric, seeds=n, static=s_mean, static_ci95=s_half, dynamic=d_mean, dynamic_ci95=d_half,
-                            dynamic_minus_static=diff_mean, difference_ci95=diff_half, dynamic_cost=cost))
-        as_good = diff_mean <= 0 or (diff_half == diff_half and diff_mean - diff_half <= 0)
+                            static_minus_dynamic=diff_mean, difference_low=low, difference_high=high, verdict=word,
+                            dynamic_cost=cost))
         last = drift[(drift.metric == metric)] if len(drift) else drift
         final = last[last.step == last.step.max()] if len(last) else last
         verdict.append(
             f"- {metric}: static {_common.fmt_ci(s_mean, s_half)}, dynamic (every {update_every} steps) "
-            f"{_common.fmt_ci(d_mean, d_half)}; paired difference dynamic − static {_common.fmt_ci(diff_mean, diff_half)}. "
-            f"Static as good as dynamic (difference ≤ 0 or its interval includes 0): **{'holds' if as_good else 'does not hold'}**. "
+            f"{_common.fmt_ci(d_mean, d_half)}; static − dynamic {diff_mean:+.4f} [{low:+.4f}, {high:+.4f}] over "
+            f"{paired.notna().sum()} paired seeds → static as good as dynamic: **{word}**. "
             f"Dynamic updates cost {cost:.2f}× the static step time"
             + (f"; by the last update the mask keeps Jaccard {final.jaccard_initial.mean():.3f} with the initial one and "
                f"{final.ever_selected_fraction.mean():.4f} of all weights were ever selected." if len(final) else ".")

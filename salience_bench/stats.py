@@ -448,3 +448,25 @@ def mean_ci(values) -> tuple[float, float, int]:
         return mean, math.nan, n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return mean, float(scipy_stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n), n
+
+
+# The studies' decision rule for a claim "A is at least as good as B" (issue #17, fixed before the runs): over paired
+# seeds, the 95% t-interval of A − B in the headline metric. A shortfall within half a point counts as "as good".
+CLAIM_MARGIN = 0.005
+
+
+def claim_verdict(differences, margin: float = CLAIM_MARGIN) -> tuple[str, float, float, float]:
+    """(verdict, mean, low, high) for "A ≥ B" from paired differences A − B: **holds** if the interval's lower
+    bound is above −``margin``, **does not hold** if its upper bound is below 0, else **inconclusive** (also with
+    fewer than two pairs: no interval)."""
+    mean, half, _ = mean_ci(differences)
+    low, high = mean - half, mean + half
+    if math.isnan(half):
+        return "inconclusive", mean, low, high
+    return ("holds" if low > -margin else "does not hold" if high < 0 else "inconclusive"), mean, low, high
+
+
+def claim_rule(margin: float = CLAIM_MARGIN) -> str:
+    """The rule of :func:`claim_verdict` in words, for reports."""
+    return (f"paired 95% interval of the difference; holds if its lower bound > −{margin * 100:.1f} points, does not "
+            "hold if its upper bound < 0, else inconclusive")

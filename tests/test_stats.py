@@ -103,6 +103,26 @@ def test_mean_ci_equals_scipy_t_interval():
     assert math.isnan(mean_ci([0.5])[1])
 
 
+@pytest.mark.parametrize("differences, expected", [
+    ([0.01, 0.012, 0.011], "holds"),
+    ([-0.004, -0.003, -0.0035], "holds"),  # below 0, but the whole interval within the half-point margin
+    ([-0.02, -0.021, -0.019], "does not hold"),
+    ([-0.02, 0.03, 0.0], "inconclusive"),
+    ([-0.01, -0.004, -0.006, 0.001], "inconclusive"),  # upper bound above 0, lower below the margin
+    ([0.5], "inconclusive"),  # one pair: no interval
+])
+def test_claim_verdict_follows_the_rule_on_scipys_interval(differences, expected):
+    from salience_bench.stats import CLAIM_MARGIN, claim_verdict
+
+    word, mean, low, high = claim_verdict(differences)
+    assert word == expected
+    if len(differences) > 1:  # the bounds are scipy's t-interval, and the word follows from them
+        ref = scipy.stats.t.interval(0.95, len(differences) - 1, loc=np.mean(differences),
+                                     scale=scipy.stats.sem(differences))
+        assert (low, high) == pytest.approx(ref, rel=1e-12)
+        assert word == ("holds" if ref[0] > -CLAIM_MARGIN else "does not hold" if ref[1] < 0 else "inconclusive")
+
+
 @pytest.mark.parametrize("kind", ["continuous", "ties", "zeros", "heavy top tie"])
 def test_bucketed_ranks_of_large_inputs_equal_scipy(monkeypatch, kind):
     """Above SORTED_RANKS_MAX the ranks come from value buckets; forced on here at a small size."""
