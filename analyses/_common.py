@@ -68,6 +68,21 @@ def fmt_ci(mean: float, half: float) -> str:
     return f"{mean:.4f}" + ("" if half != half else f" ± {half:.4f}")
 
 
+def paired_by_seed(a: pd.DataFrame, b: pd.DataFrame, column: str) -> list[float]:
+    """Per-seed differences a − b in ``column`` over the seeds both sets of runs finished."""
+    return (a.groupby("seed")[column].mean() - b.groupby("seed")[column].mean()).dropna().tolist()
+
+
+def claim(differences: list[float], name: str) -> dict:
+    """The claim ``name`` ("A ≥ B") judged from paired differences A − B under the studies' decision rule
+    (:func:`salience_bench.stats.claim_verdict`): comparison, seeds, mean, low, high, verdict and a one-line text."""
+    from salience_bench.stats import claim_verdict
+
+    word, mean, low, high = claim_verdict(differences)
+    return dict(comparison=name, seeds=len(differences), mean=mean, low=low, high=high, verdict=word,
+                text=f"{name}: {mean:+.4f} [{low:+.4f}, {high:+.4f}] over {len(differences)} paired seeds → **{word}**")
+
+
 def write_readme(path: Path, title: str, question: str, verdict: list[str], args, device: torch.device,
                  started: float, tables: dict[str, pd.DataFrame] | None = None, figures: list[str] = (),
                  runs: pd.DataFrame | None = None) -> None:

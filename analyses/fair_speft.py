@@ -36,7 +36,7 @@ import _common  # noqa: E402
 import salience_bench as sb  # noqa: E402
 from salience_bench.data import EVAL_SPLIT, headline_metric, hold_out  # noqa: E402
 from salience_bench.report import io as report_io  # noqa: E402
-from salience_bench.stats import claim_rule, claim_verdict, mean_ci  # noqa: E402
+from salience_bench.stats import claim_rule, mean_ci  # noqa: E402
 from salience_bench.training import TrainConfig  # noqa: E402
 
 STUDY = "fair_speft"
@@ -62,10 +62,7 @@ def with_headline(rows: pd.DataFrame) -> pd.DataFrame:
 
 def paired(rows: pd.DataFrame, a: str, b: str, column: str) -> list[float]:
     """Per-seed differences a − b of the runs both arms finished."""
-    by_seed = rows.pivot_table(index="seed", columns="arm", values=column)
-    if a not in by_seed or b not in by_seed:
-        return []
-    return (by_seed[a] - by_seed[b]).dropna().tolist()
+    return _common.paired_by_seed(rows[rows.arm == a], rows[rows.arm == b], column)
 
 
 def main(argv=None) -> None:
@@ -223,19 +220,17 @@ def main(argv=None) -> None:
             diffs = paired(group, a, b, "headline")
             if not diffs:
                 continue
-            word, mean, low, high = claim_verdict(diffs)
             both = group[group.arm.isin((a, b))].headline
             # The rule was fixed before the runs; this only says when both arms never beat predicting one value
             note = ("both arms at the constant-prediction score on every seed: no evidence either way"
                     if floor is not None and (both - floor).abs().max() < 1e-9 else "")
             name = f"{a} − {b}" + (" (best other metric)" if (a, b) not in comparisons else "")
-            verdicts.append(dict(task=task, comparison=name, seeds=len(diffs), mean=mean, low=low, high=high,
-                                 verdict=word, note=note))
+            verdicts.append(dict(task=task, **_common.claim(diffs, name), note=note))
     verdict_table = pd.DataFrame(verdicts)
-    report_io.write_csv(verdict_table, out / "verdicts.csv")
     for v in verdicts:
-        lines.append(f"- {v['task']}: {v['comparison']}: {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] over "
-                     f"{v['seeds']} paired seeds → **{v['verdict']}**" + (f" ({v['note']})" if v["note"] else ""))
+        lines.append(f"- {v['task']}: {v['text']}" + (f" ({v['note']})" if v["note"] else ""))
+    verdict_table = verdict_table.drop(columns="text")
+    report_io.write_csv(verdict_table, out / "verdicts.csv")
     edges = chosen[chosen.edge != ""]
     if len(edges):
         lines.append(f"- {len(edges)} of {len(chosen)} chosen rates lie at an end of their sweep (see Chosen rates): "

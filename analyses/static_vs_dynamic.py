@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import _common  # noqa: E402
 import salience_bench as sb  # noqa: E402
 from salience_bench.report import figures  # noqa: E402
-from salience_bench.stats import claim_rule, claim_verdict, mean_ci  # noqa: E402
+from salience_bench.stats import claim_rule, mean_ci  # noqa: E402
 from salience_bench.training import TrainConfig  # noqa: E402
 
 STUDY = "static_vs_dynamic"
@@ -43,18 +43,17 @@ def main(argv=None) -> None:
         dyn = group[group.schedule == "dynamic"].sort_values("seed")
         s_mean, s_half, n = mean_ci(stat.eval_accuracy)
         d_mean, d_half, _ = mean_ci(dyn.eval_accuracy)
-        paired = stat.set_index("seed").eval_accuracy - dyn.set_index("seed").eval_accuracy
-        word, diff_mean, low, high = claim_verdict(paired.dropna().tolist())
+        judged = _common.claim(_common.paired_by_seed(stat, dyn, "eval_accuracy"), "static − dynamic")
         cost = dyn.seconds_per_step.mean() / stat.seconds_per_step.mean()
         summary.append(dict(metric=metric, seeds=n, static=s_mean, static_ci95=s_half, dynamic=d_mean, dynamic_ci95=d_half,
-                            static_minus_dynamic=diff_mean, difference_low=low, difference_high=high, verdict=word,
+                            static_minus_dynamic=judged["mean"], difference_low=judged["low"], difference_high=judged["high"],
+                            verdict=judged["verdict"],
                             dynamic_cost=cost))
         last = drift[(drift.metric == metric)] if len(drift) else drift
         final = last[last.step == last.step.max()] if len(last) else last
         verdict.append(
             f"- {metric}: static {_common.fmt_ci(s_mean, s_half)}, dynamic (every {update_every} steps) "
-            f"{_common.fmt_ci(d_mean, d_half)}; static − dynamic {diff_mean:+.4f} [{low:+.4f}, {high:+.4f}] over "
-            f"{paired.notna().sum()} paired seeds → static as good as dynamic: **{word}**. "
+            f"{_common.fmt_ci(d_mean, d_half)}; {judged['text']} (static as good as dynamic). "
             f"Dynamic updates cost {cost:.2f}× the static step time"
             + (f"; by the last update the mask keeps Jaccard {final.jaccard_initial.mean():.3f} with the initial one and "
                f"{final.ever_selected_fraction.mean():.4f} of all weights were ever selected." if len(final) else ".")
