@@ -103,7 +103,7 @@ def write_readme(path: Path, title: str, question: str, verdict: list[str], args
            if runs is not None and "train_seconds" in runs else ""),
         *([f"- runs trained on: {trained_on(runs)}"] if runs is not None and len(runs) else []),
         f"- mode: {'quick (few metrics, seeds and steps: a smoke test, not evidence)' if args.quick else 'full'}",
-        f"- salience_bench commit: {report_io.git_commit() or 'unknown'}",
+        f"- salience_bench commit: {report_io.git_commit(ignore=path) or 'unknown'}",
         "- intervals: 95% t-intervals over seeds (mean ± half-width)",
         # facts about the logged runs that the tables do not record (e.g. the weights they travelled as), kept by hand
         # in the study folder so that rewriting the report from the logs keeps them

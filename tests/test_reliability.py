@@ -300,3 +300,25 @@ def test_a_diverging_training_run_stops_with_a_clear_error(tmp_path):
 def test_tiny_batches_still_score(model):
     """The checks above do not get in the way of valid input."""
     assert set(sb.score(model, tiny_batches(), ["grad"])) == {"grad"}
+
+
+def test_git_commit_is_dirty_for_changed_tracked_files_except_under_the_ignored_folder(tmp_path):
+    from salience_bench.report import git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    repo = tmp_path / "repo"
+    (repo / "figures" / "study").mkdir(parents=True)
+    (repo / "code.py").write_text("a = 1\n")
+    (repo / "figures" / "study" / "README.md").write_text("old\n")
+    env = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), *env, "add", "."], check=True)
+    subprocess.run(["git", "-C", str(repo), *env, "commit", "-qm", "c"], check=True)
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert git_commit(repo) == head
+    (repo / "figures" / "study" / "README.md").write_text("new\n")  # a report rewriting its own folder
+    assert git_commit(repo) == head + "-dirty"
+    assert git_commit(repo, ignore=repo / "figures" / "study") == head
+    (repo / "code.py").write_text("a = 2\n")  # a code change still counts
+    assert git_commit(repo / "figures", ignore=repo / "figures" / "study") == head + "-dirty"

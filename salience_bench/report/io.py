@@ -54,15 +54,17 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def git_commit(start: str | os.PathLike | None = None) -> str | None:
-    """The commit of the git checkout holding ``start`` (default: this package), if any."""
+def git_commit(start: str | os.PathLike | None = None, ignore: str | os.PathLike | None = None) -> str | None:
+    """The commit of the git checkout holding ``start`` (default: this package), if any, with "-dirty" when tracked
+    files differ from it — except under ``ignore`` (a report's own output folder, which writing it changes)."""
     start = Path(start) if start else Path(__file__).resolve().parent
+    where = [":/"] + ([f":(exclude){Path(ignore).resolve()}"] if ignore else [])
     try:
         out = subprocess.run(
             ["git", "-C", str(start), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
         )
         dirty = subprocess.run(
-            ["git", "-C", str(start), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(start), "status", "--porcelain", "--untracked-files=no", "--", *where],
             capture_output=True, text=True, timeout=5,
         )
     except (OSError, subprocess.SubprocessError):
