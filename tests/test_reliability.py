@@ -141,8 +141,11 @@ def test_overwrite_replaces_the_whole_run(tiny_model_dir, tmp_path):
 
 def start(tiny_model_dir, out, *extra):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # A suite started in the background ("cmd &") runs with SIGINT ignored, and children inherit that: give the run
+    # the default disposition, so that Python turns SIGINT into KeyboardInterrupt as it does in a terminal
     return subprocess.Popen([sys.executable, "-m", "salience_bench.compare", *tiny_args(tiny_model_dir, out, *extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(predicate, process, timeout=240.0):
