@@ -239,7 +239,7 @@ def main(argv=None) -> None:
     settled = _ranking_settled(curves)
     report_io.write_csv(settled, out / "ranking_vs_final.csv")
     for task, part in settled.groupby("task", sort=False):
-        at = [part.loc[(part.fraction - f).abs().idxmin()] for f in (0.5, 0.8)]
+        at = [_nearest(part, f) for f in (0.5, 0.8)]
         late = part[(part.fraction >= 0.79) & (part.step < part.step.max())].kendall_tau
         lines.append(f"- {task}: the arms' ranking vs the end's, Kendall τ: " +
                      ", ".join(f"{r.kendall_tau:+.2f} at step {r.step} ({r.fraction:.0%})" for r in at) +
@@ -252,7 +252,7 @@ def main(argv=None) -> None:
         later = part[part.fraction >= 0.5].difference
         signs = set((later > 0).tolist()) if len(later) else set()
         lines.append(f"- {task}: sparse grad − lora along training (mean over seeds): " +
-                     ", ".join(f"{part.loc[(part.fraction - f).abs().idxmin()].difference:+.3f} at {f:.0%}"
+                     ", ".join(f"{_nearest(part, f).difference:+.3f} at {f:.0%}"
                                for f in (0.5, 0.8, 1.0)) +
                      (" — same sign from 50% on" if len(signs) == 1 else " — changes sign after 50%"))
     lines.append(f"- Final runs trained on: {_common.trained_on(rows)}; train_seconds are not timings where several "
@@ -309,17 +309,19 @@ def _curve_figure(curves: pd.DataFrame, tasks: list[str], out: Path) -> None:
     _common.save(fig, out, "curves")
 
 
+def _arm_means_by_step(curves: pd.DataFrame):
+    """(task, means) per task of the fair recipe's final runs: each arm's mean headline metric over seeds (columns)
+    at each evaluation step (rows)."""
+    for task, part in curves[curves.recipe == "fair"].groupby("task", sort=False):
+        yield task, part.groupby(["step", "arm"]).headline.mean().unstack("arm")
+
+
 def _gap_along_training(curves: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     """Per task and evaluation point: arm ``a``'s mean headline metric over seeds minus arm ``b``'s (the fair
     recipe's final runs) — whether the verdict's difference had its final sign well before the end."""
-    rows = []
-    for task, part in curves[curves.recipe == "fair"].groupby("task", sort=False):
-        means = part.groupby(["step", "arm"]).headline.mean().unstack("arm")
-        if a not in means or b not in means:
-            continue
-        for step, at in means.iterrows():
-            rows.append(dict(task=task, step=int(step), fraction=round(step / means.index[-1], 2),
-                             difference=at[a] - at[b]))
+    rows = [dict(task=task, step=int(step), fraction=round(step / means.index[-1], 2), difference=at[a] - at[b])
+            for task, means in _arm_means_by_step(curves) if a in means and b in means
+            for step, at in means.iterrows()]
     return pd.DataFrame(rows, columns=["task", "step", "fraction", "difference"])
 
 
@@ -328,14 +330,15 @@ def _ranking_settled(curves: pd.DataFrame) -> pd.DataFrame:
     recipe's final runs) and at the end — 1 once the ranking no longer changes."""
     from scipy.stats import kendalltau
 
-    rows = []
-    for task, part in curves[curves.recipe == "fair"].groupby("task", sort=False):
-        means = part.groupby(["step", "arm"]).headline.mean().unstack("arm")
-        end = means.iloc[-1]
-        for step, at in means.iterrows():
-            tau = kendalltau(at, end).statistic
-            rows.append(dict(task=task, step=int(step), fraction=round(step / means.index[-1], 2), kendall_tau=tau))
+    rows = [dict(task=task, step=int(step), fraction=round(step / means.index[-1], 2),
+                 kendall_tau=kendalltau(at, means.iloc[-1]).statistic)
+            for task, means in _arm_means_by_step(curves) for step, at in means.iterrows()]
     return pd.DataFrame(rows, columns=["task", "step", "fraction", "kendall_tau"])
+
+
+def _nearest(part: pd.DataFrame, fraction: float) -> pd.Series:
+    """The row of ``part`` (one task's evaluations) whose fraction of training is closest to ``fraction``."""
+    return part.loc[(part.fraction - fraction).abs().idxmin()]
 
 
 def _sweep_tables(sweep: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
