@@ -6,11 +6,12 @@ import fnmatch
 import os
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from . import gguf_models as gguf
 from .errors import SalienceBenchError
 
 BUNDLED_MODEL = "bundled"
@@ -36,16 +37,26 @@ def _looks_like_a_path(model: str) -> bool:
             or os.sep != "/" and os.sep in model)
 
 
-def check_model_name(model: str) -> str:
-    """The path or hub name to load for ``model``; a missing folder is named as such, before any download."""
+def check_model_name(model: str, *, log: Callable[[str], None] | None = None) -> str:
+    """The folder or hub name to load for ``model``; a missing folder is named as such, before any download.
+
+    GGUF models (a packaged model's short name, a ``.gguf`` file, a folder holding one) resolve to their cached
+    Hugging Face folder, converted on first use (:mod:`salience_bench.gguf_models`; ``log`` hears of a conversion,
+    stderr by default)."""
     if not isinstance(model, str) or not model.strip():
-        raise SalienceBenchError(f"model {model!r} must be '{BUNDLED_MODEL}', a local folder or a Hugging Face name")
+        raise SalienceBenchError(f"model {model!r} must be '{BUNDLED_MODEL}', a packaged model "
+                                 f"({', '.join(gguf.PACKAGED_MODELS)}), a .gguf file, a local folder or a Hugging Face name")
     path = resolve_model_path(model)
+    converted = gguf.resolve(path, log=log)
+    if converted is not None:
+        return converted
     expanded = os.path.expanduser(path)
     if os.path.isfile(expanded):
-        raise SalienceBenchError(f"model {model!r} is a file; give the folder that holds config.json and the weights")
+        raise SalienceBenchError(f"model {model!r} is a file but not a .gguf; give a GGUF file or the folder that holds "
+                                 "config.json and the weights")
     if _looks_like_a_path(path) and not os.path.isdir(expanded):
-        raise SalienceBenchError(f"model folder {model!r} does not exist (a Hugging Face name is 'name' or 'org/name')")
+        raise SalienceBenchError(f"model folder {model!r} does not exist (a Hugging Face name is 'name' or 'org/name'; "
+                                 f"packaged models: {', '.join(gguf.PACKAGED_MODELS)})")
     return expanded if os.path.isdir(expanded) else path
 
 

@@ -1,10 +1,14 @@
 import os
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# GGUF conversions go to a cache of this test session (inherited by the CLI processes the tests start), not the
+# user's, unless SALIENCE_BENCH_CACHE names one: then its converted models are reused.
+os.environ.setdefault("SALIENCE_BENCH_CACHE", tempfile.mkdtemp(prefix="salience-bench-test-cache-"))
 
 import pytest
 import torch
@@ -82,8 +86,9 @@ def tiny_model_dir(tmp_path_factory):
     return path
 
 
-def run_cli(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def run_cli(*args, env=None):
+    """The CLI as a real process; ``env`` adds to (or overrides) this process's environment."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "salience_bench.compare", *args], capture_output=True, text=True, env=env)
 
 
@@ -98,6 +103,13 @@ TINY_CAUSAL = {
     "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=512),
     "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=512),
+    # Gemma-3's text model as in Gemma-3-270M, scaled down: a sliding-window layer (a window far shorter than the
+    # prompts, so it matters) before a global one, (1 + w) RMSNorms around every block and on q and k, embeddings
+    # scaled by √hidden, grouped-query attention and a head tied to the embeddings.
+    "gemma3_text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=1, head_dim=8, sliding_window=16,
+                        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512,
+                        query_pre_attn_scalar=8, tie_word_embeddings=True),
 }
 
 
