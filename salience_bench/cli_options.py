@@ -32,6 +32,19 @@ _non_negative_float = _number(float, "a number", lambda v: math.isfinite(v) and 
 _density = _number(float, "a number", lambda v: 0 < v <= 1 and not math.isnan(v), "in (0, 1]", "density ")
 
 
+def _count_or_all(text: str) -> int | None:
+    """A count ≥ 0, or ``all`` (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer ≥ 0 or 'all'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be ≥ 0 or 'all'")
+    return value
+
+
 def _listed(kind: type, what: str):
     def parse(text: str) -> list:
         try:
@@ -178,8 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(drift.csv and a drift figure); default: static mask")
     train.add_argument("--eval-every", type=_positive_int, default=None, metavar="N",
                        help="also evaluate every N steps (eval_curve.csv); default: only at the end")
-    train.add_argument("--eval-examples", type=int, default=0, metavar="N", help="causal LMs: exact match of the "
-                       "final number (GSM8K '#### n') in greedy completions of N evaluation prompts (default: 0)")
+    train.add_argument("--eval-examples", type=_count_or_all, default=None, metavar="N|all",
+                       help="causal LMs: exact match of the final number (GSM8K '#### n') in greedy completions of the "
+                            "first N evaluation prompts, with a 95%% Wilson interval; 0 skips it (default: all, e.g. "
+                            "GSM8K's 1,319 test prompts; the untrained model is evaluated too, as method 'base')")
     train.add_argument("--seeds", type=_listed(int, "integers"), default=None, metavar="LIST",
                        help="comma-separated seeds, one run per seed and method, for error bars (default: --seed)")
 

@@ -24,12 +24,12 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from . import analysis, distributed
+from . import analysis, distributed, gguf_models
 from .data import (Dataset, check_dataset_name, dataset_task, headline_metric, load_dataset, load_eval_dataset,
                    make_batches)
 from .errors import SalienceBenchError, is_int, is_number
 from .masks import Mask, MaskSpec
-from .models import TASKS, eligible_parameters, infer_task, load_model_and_tokenizer
+from .models import TASKS, check_model_name, eligible_parameters, infer_task, load_model_and_tokenizer
 from .report import io as report_io
 from .report.output import OutputFolder
 from .runtime import DEVICE_CHOICES, _DEVICE, quiet_transformers, resolve_device
@@ -69,7 +69,7 @@ class TrainingPlan:
     eval_every: int = 0
     mask_update_every: int | None = None
     group_by_length: bool = True
-    eval_examples: int = 0  # causal LMs: greedy-decoded exact match on this many evaluation examples (GSM8K answers)
+    eval_examples: int | None = None  # causal LMs: greedy exact match on this many evaluation prompts (None: all)
     lr_schedule: str = "constant"  # or "linear" decay to 0
     warmup_ratio: float = 0.0
     lora_alpha_ratio: float = 2.0  # α = ratio · r for LoRA and PiSSA
@@ -81,8 +81,8 @@ class TrainingPlan:
             raise SalienceBenchError(f"baselines {','.join(baselines)}: 'none' (no baseline) cannot be combined with "
                                      f"others; valid: a list from {', '.join(list_baselines())}, or none")
         object.__setattr__(self, "baselines", tuple(b for b in baselines if b != "none"))
-        if not is_int(self.eval_examples) or self.eval_examples < 0:
-            raise SalienceBenchError(f"eval-examples {self.eval_examples!r} must be an integer ≥ 0")
+        if self.eval_examples is not None and (not is_int(self.eval_examples) or self.eval_examples < 0):
+            raise SalienceBenchError(f"eval-examples {self.eval_examples!r} must be an integer ≥ 0 or all")
         unknown = [b for b in self.baselines if b not in list_baselines()]
         if unknown:
             raise SalienceBenchError(f"unknown baseline {unknown[0]!r}; valid: {', '.join(list_baselines())}")
@@ -299,6 +299,7 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, progress: bool
                                  "losses); valid here: float32, bfloat16, or float16 on a GPU")
     quiet_transformers()
     log(f"loading dataset {config.dataset} and model {config.model} …")
+    check_model_name(config.model, log=log)  # a GGUF model is converted here, once, with the run's progress messages
     data = load_dataset(config.dataset, "train")
     task = config.resolved_task()
     model, tokenizer = load_model_and_tokenizer(config.model, num_labels=data.num_labels or 2, seed=config.seed,
@@ -404,7 +405,7 @@ def run_downstream(result: Comparison, out_dir: Path, *, figures: bool = True, p
                    log: Log = _silent) -> Downstream:
     """Fine-tune with each metric's mask and with the baselines (``config.training``), resuming
     from what ``out_dir`` already holds; writes downstream.csv, drift.csv, eval_curve.csv and figures."""
-    from .training.suite import CURVE_CSV, DOWNSTREAM_CSV, DRIFT_CSV, run_suite, summary_frame
+    from .training.suite import CURVE_CSV, DOWNSTREAM_CSV, DRIFT_CSV, LOSS_CSV, run_suite, summary_frame
 
     config, plan = result.config, result.config.training
     if plan is None:
@@ -420,11 +421,13 @@ def run_downstream(result: Comparison, out_dir: Path, *, figures: bool = True, p
     def load(seed: int):
         return load_model_and_tokenizer(config.model, num_labels=data.num_labels or 2, seed=seed, dtype=dtype, task=task)
 
+    # A causal LM's fine-tuned numbers get their zero point: the untrained model's exact match and perplexity.
+    baselines = (*plan.baselines, *(("base",) if task == "causal-lm" and "base" not in plan.baselines else ()))
     rows, drift, _ = run_suite(
-        out_dir, metrics=result.metrics, baselines=plan.baselines, seeds=config.seeds, config=train_config,
+        out_dir, metrics=result.metrics, baselines=baselines, seeds=config.seeds, config=train_config,
         inputs=RunInputs(load, data, eval_data, result.device), progress=progress, log=log,
     )
-    files = [DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV]
+    files = [DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV, LOSS_CSV]
     summary = summary_frame(rows, headline_metric(config.dataset))
     if figures and distributed.is_main():
         files += _downstream_figures(out_dir / "figures", summary, drift, config, eval_data.split, result.device)
@@ -478,6 +481,7 @@ def write_comparison(result: Comparison, out_dir: str | Path, *, figures: bool =
         "versions": report_io.package_versions(),
         "git_commit": report_io.git_commit(),
         "network_scores": result.network_scores,
+        "model_source": gguf_models.model_source(result.model_path),  # a GGUF model: its file, SHA-256, conversion
         "files": files,
     }
     report_io.write_json(manifest, out_dir / report_io.MANIFEST)

@@ -13,6 +13,7 @@ from salience_bench.data import IGNORE_INDEX, encode_prompts, final_number
 from salience_bench.synthetic import SIMPLE_CHAT_TEMPLATE
 
 from .conftest import run_cli
+from .reference import causal_lm_per_example_reference
 
 
 def load(folder, padding_side="right", dtype=torch.float64):
@@ -27,47 +28,7 @@ def prompt_batches(tokenizer, num_batches=2, batch_size=4, max_length=320, seed=
                            seed=seed)
 
 
-def single_examples(batches):
-    """Each example alone, unpadded (only its real tokens, positions from 0)."""
-    for batch in batches:
-        for n in range(batch["input_ids"].shape[0]):
-            keep = batch["attention_mask"][n].bool()
-            length = int(keep.sum())
-            yield {"input_ids": batch["input_ids"][n, keep][None], "attention_mask": torch.ones(1, length, dtype=torch.long),
-                   "labels": batch["labels"][n, keep][None]}
-
-
-def reference_fisher_and_wanda(model, batches, names):
-    params = dict(model.named_parameters())
-    modules = {n: m for n, m in model.named_modules() if n + ".weight" in names}
-    fisher = {n: torch.zeros_like(params[n], dtype=torch.float64) for n in names}
-    norms = {n: torch.zeros(params[n + ".weight"].shape, dtype=torch.float64) for n in modules}
-    transposed = {n: sb.models.weight_is_transposed(m) for n, m in modules.items()}
-
-    def record(name):
-        def hook(module, inputs, output):
-            column = inputs[0].detach().double().pow(2).sum(dim=(0, 1))  # Σ over this example's real tokens, per input
-            norms[name] += column[:, None] if transposed[name] else column[None, :]
-
-        return hook
-
-    handles = [m.register_forward_hook(record(n)) for n, m in modules.items()]
-    count = 0
-    for single in single_examples(batches):
-        if int((single["labels"][0, 1:] != IGNORE_INDEX).sum()) == 0:
-            continue
-        loss = model(**single).loss  # the mean over this example's own target tokens
-        grads = torch.autograd.grad(loss, [params[n] for n in names])
-        for n, g in zip(names, grads):
-            fisher[n] += g.double() ** 2
-        count += 1
-    for h in handles:
-        h.remove()
-    wanda = {n + ".weight": params[n + ".weight"].detach().double().abs() * norms[n].detach().sqrt() for n in modules}
-    return {n: f / count for n, f in fisher.items()}, wanda
-
-
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text"])
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_per_example_quantities_equal_a_one_example_at_a_time_loop(tiny_causal_dirs, arch, side):
     model, tokenizer = load(tiny_causal_dirs[arch], side)
@@ -76,14 +37,15 @@ def test_per_example_quantities_equal_a_one_example_at_a_time_loop(tiny_causal_d
     assert len({int(t) for ts in targets for t in ts}) > 2  # unequal numbers of target tokens per example
     assert any((b["attention_mask"] == 0).any() for b in batches)  # and real padding
     names = list(sb.eligible_parameters(model))
-    scores = sb.score(model, batches, ["fisher", "wanda"])
-    fisher, wanda = reference_fisher_and_wanda(model, batches, names)
-    for n in names:
-        torch.testing.assert_close(scores["fisher"][n].double(), fisher[n], rtol=1e-4, atol=1e-6 * float(fisher[n].max()))
-        torch.testing.assert_close(scores["wanda"][n].double(), wanda[n], rtol=1e-4, atol=1e-6 * float(wanda[n].max()))
+    scores = sb.score(model, batches, ["grad", "fisher", "wanda"])
+    reference = causal_lm_per_example_reference(model, batches, names)
+    for metric in ("grad", "fisher", "wanda"):
+        for n in names:
+            expected = reference[metric][n]
+            torch.testing.assert_close(scores[metric][n].double(), expected, rtol=1e-4, atol=1e-6 * float(expected.max()))
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gemma3_text"])
 def test_left_and_right_padding_give_the_same_scores(tiny_causal_dirs, arch):
     scores = {}
     for side in ("right", "left"):
@@ -172,10 +134,14 @@ def test_exact_match_reads_the_final_number(tiny_causal_dirs):
     assert final_number("no answer") is None
     model, tokenizer = load(tiny_causal_dirs["llama"], dtype=torch.float32)
     data = sb.load_dataset("gsm8k", "test")
-    answers = iter([data.completions[0], "#### 0", data.completions[2]])
+    answers = {data.prompts[0]: data.completions[0], data.prompts[1]: "#### 0", data.prompts[2]: data.completions[2]}
+
+    def answer(prompt_ids):  # right for prompts 0 and 2, wrong for 1, in whatever order they come
+        text = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+        return next(a for p, a in answers.items() if p in text)
 
     def generate(input_ids, **kwargs):  # a stand-in that "answers" the prompts
-        rows = [torch.tensor(tokenizer(next(answers), add_special_tokens=False)["input_ids"]) for _ in input_ids]
+        rows = [torch.tensor(tokenizer(answer(ids), add_special_tokens=False)["input_ids"]) for ids in input_ids]
         width = max(len(r) for r in rows)
         rows = [torch.cat([r, torch.full((width - len(r),), tokenizer.pad_token_id)]) for r in rows]
         return torch.cat([input_ids, torch.stack(rows)], dim=1)
@@ -195,8 +161,14 @@ def test_cli_scores_and_trains_a_causal_lm_on_jsonl_data(tiny_causal_dirs, tmp_p
                      "--baselines", "full,lora", "--train-batch-size", "4", "--eval-examples", "2", "--out", str(out), "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = pd.read_csv(out / "downstream.csv")
-    assert set(rows.method) == {"sparse", "full", "lora"} and (rows.eval_perplexity > 1).all()
+    assert set(rows.method) == {"sparse", "full", "lora", "base"} and (rows.eval_perplexity > 1).all()
     assert rows.eval_accuracy.between(0, 1).all()  # exact match of the generated answers
+    base = rows[rows.method == "base"].iloc[0]  # the untrained model: the zero point of every other row
+    assert base.steps == 0 and base.trainable_params == 0 and base.train_flops == 0
+    assert (rows.exact_match_n == 2).all()
+    assert ((rows.exact_match_low <= rows.eval_accuracy) & (rows.eval_accuracy <= rows.exact_match_high)).all()
+    losses = pd.read_csv(out / "train_loss.csv")  # every training step's loss, per run; none for base
+    assert sorted(losses.groupby("method").step.max().items()) == [("full", 3), ("lora", 3), ("sparse", 3)]
     assert all(math.isfinite(x) for x in rows.eval_loss)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["max_length"] == 96 and manifest["config"]["task"] == "auto"
@@ -214,3 +186,25 @@ def test_cli_task_and_dataset_must_fit(tiny_causal_dirs, tmp_path):
                   "--batches", "2", "--batch-size", "2", "--max-length", "64", "--no-figures", "--out", str(tmp_path / "c"),
                   "--quiet")
     assert gsm.returncode == 0, gsm.stderr[-2000:]
+
+
+def test_exact_match_interval_is_wilsons_score_interval():
+    from salience_bench.training.loop import exact_match_columns
+
+    for hits, n in ((0, 1319), (18, 1319), (3, 7), (7, 7)):
+        z = 1.959963984540054
+        p = hits / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        columns = exact_match_columns(p, n)
+        assert columns["exact_match_n"] == n
+        assert columns["exact_match_low"] == pytest.approx(max(0.0, centre - half), abs=1e-12)
+        assert columns["exact_match_high"] == pytest.approx(min(1.0, centre + half), abs=1e-12)
+    assert math.isnan(exact_match_columns(math.nan, 0)["exact_match_low"])
+
+
+def test_the_base_model_runs_once_whatever_the_seeds():
+    from salience_bench.training.suite import planned_runs
+
+    assert planned_runs(["grad"], ["full", "base"], [3, 4]) == [
+        ("sparse", "grad", 3), ("full", "", 3), ("base", "", 3), ("sparse", "grad", 4), ("full", "", 4)]

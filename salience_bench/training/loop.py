@@ -33,8 +33,11 @@ DOWNSTREAM_COLUMNS = [
 ]
 DRIFT_COLUMNS = ["metric", "seed", "step", "jaccard_initial", "jaccard_previous", "ever_selected", "ever_selected_fraction"]
 CURVE_COLUMNS = ["method", "metric", "mask_schedule", "seed", "step", "eval_accuracy", "eval_loss"]
+LOSS_COLUMNS = ["method", "metric", "mask_schedule", "seed", "step", "train_loss"]
 LR_SCHEDULES = ("constant", "linear")
-LM_COLUMNS = ["eval_perplexity"]  # added for causal LMs, whose eval_accuracy is the exact match of generated answers
+# Added for causal LMs, whose eval_accuracy is the exact match of generated answers: how many prompts it was
+# measured on and its 95% Wilson interval (binomial), beside the perplexity of the reference answers.
+LM_COLUMNS = ["eval_perplexity", "exact_match_n", "exact_match_low", "exact_match_high"]
 # added for classifiers: two-class MCC and F1 (CoLA, MRPC), a regression head's correlations (STS-B); NaN elsewhere
 TASK_COLUMNS = ["eval_mcc", "eval_f1", "eval_pearson", "eval_spearman"]
 
@@ -78,7 +81,7 @@ class TrainConfig:
     include: Sequence[str] | None = None
     exclude: Sequence[str] | None = None
     chat_template: bool = True  # prompt/completion data: the tokenizer's chat template, when it has one
-    eval_examples: int = 0  # causal LMs: greedy-decoded exact match of the final number on this many eval examples
+    eval_examples: int | None = None  # causal LMs: greedy exact match on this many eval prompts (None: all, 0: none)
     max_new_tokens: int = 256  # … generating at most this many tokens each
     fixed_masks: dict = field(default_factory=dict)  # "file:<stem>" → a saved mask, trained as a metric's
     lr_schedule: str = "constant"  # or "linear": decay to 0 at the last step (transformers' schedules)
@@ -135,6 +138,7 @@ class RunResult:
     row: dict
     drift: list[dict] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)
+    losses: list[dict] = field(default_factory=list)  # the training loss of every step (LOSS_COLUMNS)
 
 
 @torch.no_grad()
@@ -190,16 +194,20 @@ def task_metrics(predictions: torch.Tensor, targets: torch.Tensor, *, regression
 
 @torch.no_grad()
 def exact_match(model: nn.Module, tokenizer, data: PromptDataset, *, examples: int, max_length: int,
-                max_new_tokens: int, chat_template: bool, device: torch.device, batch_size: int = 16) -> float:
+                max_new_tokens: int, chat_template: bool, device: torch.device, batch_size: int = 16,
+                progress: bool = False) -> float:
     """Fraction of the first ``examples`` evaluation prompts whose greedy completion ends in the reference's
-    final number (GSM8K's ``#### <number>``)."""
+    final number (GSM8K's ``#### <number>``). Prompts are generated longest first in batches of ``batch_size``, so a
+    batch holds prompts of similar length (little padding) and a batch too large for memory fails at once."""
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"  # generation continues every prompt from its last token
+    order = sorted(range(examples), key=lambda i: -len(data.prompts[i]))
     hits = 0
     try:
-        for start in range(0, examples, batch_size):
-            idx = list(range(start, min(start + batch_size, examples)))
+        for start in tqdm(range(0, examples, batch_size), desc=f"exact match on {examples} prompts", unit="batch",
+                          disable=not progress, leave=False):
+            idx = order[start:start + batch_size]
             batch = to_device(encode_prompts(tokenizer, [data.prompts[i] for i in idx], None, max_length=max_length,
                                              chat_template=chat_template), device)
             out = model.generate(**{k: v for k, v in batch.items() if k != "position_ids"}, do_sample=False,
@@ -211,6 +219,23 @@ def exact_match(model: nn.Module, tokenizer, data: PromptDataset, *, examples: i
         tokenizer.padding_side = side
         model.train(was_training)
     return hits / max(examples, 1)
+
+
+def exact_match_columns(accuracy: float, examples: int) -> dict[str, float]:
+    """The exact match's sample size and 95% Wilson interval (``scipy.stats.binomtest``); NaN without prompts."""
+    if examples < 1:
+        return dict(exact_match_n=0, exact_match_low=math.nan, exact_match_high=math.nan)
+    from scipy import stats
+
+    interval = stats.binomtest(round(accuracy * examples), examples).proportion_ci(0.95, method="wilson")
+    return dict(exact_match_n=examples, exact_match_low=float(interval.low), exact_match_high=float(interval.high))
+
+
+def exact_match_examples(config: TrainConfig, data: Dataset) -> int:
+    """How many evaluation prompts are generated for exact match: ``eval_examples`` (None: all) of a causal LM's."""
+    if data.task != "causal-lm":
+        return 0
+    return len(data) if config.eval_examples is None else min(config.eval_examples, len(data))
 
 
 def parameter_groups(trainer, params: list[nn.Parameter], head_lr: float | None) -> list[dict]:
@@ -250,80 +275,101 @@ def run_one(
                                     metric=metric if method_class.uses_metric else None, seed=seed, config=config,
                                     train_data=train_data, device=device))
     model = trainer.prepare()
-    opt_params = trainer.parameters()
     record = trainer.record()
-
-    stream = training_stream(train_data, tokenizer, batch_size=config.batch_size, max_length=config.max_length,
-                             seed=seed, group_by_length=config.group_by_length, chat_template=config.chat_template)
     curve: list[dict] = []
+    ids = dict(method=method, metric=record["metric"], mask_schedule=record["mask_schedule"], seed=seed)
 
     def evaluate_into_curve(step_number: int) -> dict[str, float]:
         values = evaluate(model, eval_batches, device)
-        curve.append(dict(method=method, metric=record["metric"], mask_schedule=record["mask_schedule"], seed=seed,
-                          step=step_number, **values))
+        curve.append(dict(**ids, step=step_number, **values))
         return values
 
     label = f"{method}{'/' + record['metric'] if record['metric'] else ''} seed {seed}"
-    model.train()
-    flops_per_step = 0
-    step_seconds = 0.0
-    losses: list[torch.Tensor] = []
+    steps = config.steps if method_class.trains else 0
     with PeakMemory(device) as peak:
-        optimizer = torch.optim.AdamW(parameter_groups(trainer, opt_params, config.head_lr), lr=trainer.learning_rate(),
-                                      weight_decay=config.weight_decay)
-        schedule = config.scheduler(optimizer)
-
-        def step(batch: dict) -> None:
-            loss = model(**batch).loss
-            # Each rank's mean loss weighted by its share of the global batch's loss units (examples, or target
-            # tokens): the averaged gradient is then the global batch's, however unevenly the rows split.
-            (loss * distributed.loss_share(_units(batch))).backward()
-            distributed.average_gradients_(opt_params)  # only the trainable state travels: O(k) for sparse
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            trainer.after_optimizer_step()
-            losses.append(loss.detach())
-
-        for i in tqdm(range(1, config.steps + 1), desc=label, unit="step", disable=not progress, leave=False):
-            batch = to_device(distributed.shard_rows(next(stream)), device)  # each rank: its rows of the global batch
-            trainer.observe(batch)
-            if i == 1:  # counted, not timed: the flop counter slows the step it watches
-                flops_per_step = count_flops(lambda: step(batch))
-            else:
-                synchronize(device)
-                with timed() as t:
-                    step(batch)
-                    synchronize(device)
-                step_seconds += t[0]
-            loss = float(losses.pop())  # read outside the timed region
-            if not math.isfinite(loss):
-                raise SalienceBenchError(
-                    f"{label}: the training loss is {loss} at step {i}; lower the learning rate "
-                    f"({trainer.learning_rate():g}) or train in float32 (the model is {next(model.parameters()).dtype})")
-            if trainer.update_due(i):
-                synchronize(device)
-                with timed() as t:
-                    trainer.update(i, optimizer)
-                    synchronize(device)
-                step_seconds += t[0]
-            if config.eval_every and i % config.eval_every == 0 and i < config.steps:
-                evaluate_into_curve(i)
-        state_bytes = optimizer_state_bytes(optimizer)
-    results = evaluate_into_curve(config.steps)
-    if inputs.eval_data.task == "causal-lm" and config.eval_examples:
+        cost = _train(trainer, model, tokenizer, config, inputs, seed, label, evaluate_into_curve,
+                      progress=progress) if steps else _TrainingCost()
+    results = evaluate_into_curve(steps)
+    examples = exact_match_examples(config, inputs.eval_data)
+    if examples:
         results["eval_accuracy"] = exact_match(
-            model, tokenizer, inputs.eval_data, examples=min(config.eval_examples, len(inputs.eval_data)),
-            max_length=config.max_length, max_new_tokens=config.max_new_tokens, chat_template=config.chat_template,
-            device=device)
-    timed_steps = max(config.steps - 1, 1)
+            model, tokenizer, inputs.eval_data, examples=examples, max_length=config.max_length,
+            max_new_tokens=config.max_new_tokens, chat_template=config.chat_template, device=device,
+            batch_size=config.eval_batch_size, progress=progress)
+    if inputs.eval_data.task == "causal-lm":
+        results.update(exact_match_columns(results["eval_accuracy"], examples))
+    timed_steps = max(steps - 1, 1)
     row = dict(
         method=method, **{k: record[k] for k in ("metric", "density", "scope", "mask_schedule")}, seed=seed,
         trainable_params=trainer.trainable_count(), head_params=sum(p.numel() for p in head.values()),
-        lora_rank=record["lora_rank"], optimizer_state_bytes=state_bytes, steps=config.steps,
-        train_seconds=step_seconds * config.steps / timed_steps, seconds_per_step=step_seconds / timed_steps,
-        peak_memory_bytes=peak.peak_bytes, train_flops=flops_per_step * config.steps,
+        lora_rank=record["lora_rank"], optimizer_state_bytes=cost.state_bytes, steps=steps,
+        train_seconds=cost.step_seconds * steps / timed_steps, seconds_per_step=cost.step_seconds / timed_steps,
+        peak_memory_bytes=peak.peak_bytes, train_flops=cost.flops_per_step * steps,
         eval_accuracy=results["eval_accuracy"], eval_loss=results["eval_loss"], device=str(device),
         **{k: results.get(k, math.nan) for k in _extra_columns(inputs.eval_data.task)},
     )
-    return RunResult(row, trainer.drift, curve)
+    losses = [dict(**ids, step=i, train_loss=loss) for i, loss in enumerate(cost.losses, 1)]
+    return RunResult(row, trainer.drift, curve, losses)
+
+
+@dataclass
+class _TrainingCost:
+    flops_per_step: int = 0
+    step_seconds: float = 0.0  # summed over the timed steps (all but the first, which is counted for FLOPs)
+    state_bytes: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def _train(trainer, model: nn.Module, tokenizer, config: TrainConfig, inputs: RunInputs, seed: int, label: str,
+           evaluate_into_curve: Callable[[int], dict], *, progress: bool) -> _TrainingCost:
+    """The optimizer steps of one run (with mask updates and intermediate evaluations), timed and counted."""
+    device = inputs.device
+    opt_params = trainer.parameters()
+    stream = training_stream(inputs.train_data, tokenizer, batch_size=config.batch_size, max_length=config.max_length,
+                             seed=seed, group_by_length=config.group_by_length, chat_template=config.chat_template)
+    cost = _TrainingCost()
+    model.train()
+    losses: list[torch.Tensor] = []
+    optimizer = torch.optim.AdamW(parameter_groups(trainer, opt_params, config.head_lr), lr=trainer.learning_rate(),
+                                  weight_decay=config.weight_decay)
+    schedule = config.scheduler(optimizer)
+
+    def step(batch: dict) -> None:
+        loss = model(**batch).loss
+        # Each rank's mean loss weighted by its share of the global batch's loss units (examples, or target
+        # tokens): the averaged gradient is then the global batch's, however unevenly the rows split.
+        (loss * distributed.loss_share(_units(batch))).backward()
+        distributed.average_gradients_(opt_params)  # only the trainable state travels: O(k) for sparse
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        trainer.after_optimizer_step()
+        losses.append(loss.detach())
+
+    for i in tqdm(range(1, config.steps + 1), desc=label, unit="step", disable=not progress, leave=False):
+        batch = to_device(distributed.shard_rows(next(stream)), device)  # each rank: its rows of the global batch
+        trainer.observe(batch)
+        if i == 1:  # counted, not timed: the flop counter slows the step it watches
+            cost.flops_per_step = count_flops(lambda: step(batch))
+        else:
+            synchronize(device)
+            with timed() as t:
+                step(batch)
+                synchronize(device)
+            cost.step_seconds += t[0]
+        loss = float(losses.pop())  # read outside the timed region
+        cost.losses.append(loss)
+        if not math.isfinite(loss):
+            raise SalienceBenchError(
+                f"{label}: the training loss is {loss} at step {i}; lower the learning rate "
+                f"({trainer.learning_rate():g}) or train in float32 (the model is {next(model.parameters()).dtype})")
+        if trainer.update_due(i):
+            synchronize(device)
+            with timed() as t:
+                trainer.update(i, optimizer)
+                synchronize(device)
+            cost.step_seconds += t[0]
+        if config.eval_every and i % config.eval_every == 0 and i < config.steps:
+            evaluate_into_curve(i)
+    cost.state_bytes = optimizer_state_bytes(optimizer)
+    return cost

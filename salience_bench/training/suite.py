@@ -14,15 +14,18 @@ from ..errors import SalienceBenchError
 from ..report.runlog import RunLog
 from ..stats import mean_ci
 from .methods import get_method
-from .loop import DRIFT_COLUMNS, RunInputs, TrainConfig, curve_columns, downstream_columns, run_one
+from .loop import DRIFT_COLUMNS, LOSS_COLUMNS, RunInputs, TrainConfig, curve_columns, downstream_columns, run_one
 
-DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV = "downstream.csv", "drift.csv", "eval_curve.csv"
+DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV, LOSS_CSV = "downstream.csv", "drift.csv", "eval_curve.csv", "train_loss.csv"
 _KEY = ["method", "metric", "mask_schedule", "seed"]
 
 
 def planned_runs(metrics: Sequence[str], baselines: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, str, int]]:
-    return [(m, metric, seed) for seed in seeds
-            for m, metric in [*(("sparse", x) for x in metrics), *((b, "") for b in baselines)]]
+    """(method, metric, seed) of every run: sparse per metric and each baseline, per seed; a method whose result
+    does not depend on the seed (``seeded = False``, such as ``base``) once, at the first seed."""
+    return [(m, metric, seed) for i, seed in enumerate(seeds)
+            for m, metric in [*(("sparse", x) for x in metrics), *((b, "") for b in baselines)]
+            if i == 0 or get_method(m).seeded]
 
 
 def run_suite(
@@ -42,14 +45,15 @@ def run_suite(
     suite resumes where it stopped when run again on the same folder.
     """
     config.validate()
-    runs = RunLog(out_dir, {"drift": DRIFT_CSV, "curve": CURVE_CSV, "rows": DOWNSTREAM_CSV},
+    runs = RunLog(out_dir, {"drift": DRIFT_CSV, "curve": CURVE_CSV, "loss": LOSS_CSV, "rows": DOWNSTREAM_CSV},
                   key=lambda r: tuple(str(r[k]) for k in _KEY),
-                  columns={"drift": DRIFT_COLUMNS, "curve": curve_columns(inputs.eval_data.task),
+                  columns={"drift": DRIFT_COLUMNS, "curve": curve_columns(inputs.eval_data.task), "loss": LOSS_COLUMNS,
                            "rows": downstream_columns(inputs.eval_data.task)},
                   write=distributed.is_main())
     rows = runs.tables["rows"]
+    trained = rows[[get_method(str(m)).trains for m in rows["method"]]] if len(rows) else rows
     for col, want in (("steps", config.steps), ("scope", config.scope)):
-        sparse_rows = rows[rows["method"] == "sparse"] if col == "scope" else rows
+        sparse_rows = trained[trained["method"] == "sparse"] if col == "scope" else trained
         if len(sparse_rows) and not (sparse_rows[col].astype(str) == str(want)).all():
             raise SalienceBenchError(
                 f"{out_dir / DOWNSTREAM_CSV} holds runs with a different {col} ({sorted(set(sparse_rows[col].astype(str)))}"
@@ -63,9 +67,10 @@ def run_suite(
     if len(todo) < len(plan):
         log(f"resuming: {len(plan) - len(todo)} of {len(plan)} downstream runs already in {out_dir / DOWNSTREAM_CSV}")
     for n, (method, metric, seed) in enumerate(todo, 1):
-        log(f"[{n}/{len(todo)}] training {method}{'/' + metric if metric else ''}, seed {seed}, {config.steps} steps …")
+        what = f"training {method}{'/' + metric if metric else ''}, seed {seed}, {config.steps} steps"
+        log(f"[{n}/{len(todo)}] {what if get_method(method).trains else f'evaluating the {method} model'} …")
         result = run_one(method, metric or None, seed, config, inputs, progress=progress)
-        runs.add({"drift": result.drift, "curve": result.curve, "rows": [result.row]})
+        runs.add({"drift": result.drift, "curve": result.curve, "loss": result.losses, "rows": [result.row]})
         r = result.row
         log(f"    accuracy {r['eval_accuracy']:.4f}"
             + "".join(f", {k[5:]} {r[k]:.4f}" for k in ("eval_mcc", "eval_f1", "eval_pearson") if r.get(k, math.nan) == r.get(k))

@@ -15,7 +15,7 @@ from .base import (
     list_methods,
     register_method,
 )
-from . import sparse, full, lora, pissa, shira, supertuning  # noqa: F401,E402  (registration side effect)
+from . import sparse, full, lora, pissa, shira, supertuning, base_model  # noqa: F401,E402  (registration side effect)
 from .lora import lora_parameters_per_rank, matched_lora_rank, wrap_lora  # noqa: E402
 
 __all__ = [

@@ -63,6 +63,8 @@ class TrainingMethod:
 
     name: ClassVar[str] = ""
     uses_metric: ClassVar[bool] = False  # True: a salience metric drives it (runs once per metric)
+    trains: ClassVar[bool] = True  # False: evaluated as loaded, no optimizer and no steps (the ``base`` row)
+    seeded: ClassVar[bool] = True  # False: one run at the first seed stands for all (its result does not vary)
 
     def __init__(self, setup: RunSetup):
         self.setup = setup
