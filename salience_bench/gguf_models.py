@@ -37,6 +37,7 @@ SOURCE_FILE = "salience_bench_source.json"
 """Written last into a converted folder: where its weights came from. Its presence marks a whole conversion."""
 INSTALL_EXTRA = 'pip install -e ".[llm]"'  # the gguf package (reading GGUF files)
 _HASH_MEMO = "sha256_memo.json"
+CONVERSION_FORMAT = 2  # part of the cache key: raised whenever a conversion changes (2: BOS/EOS as the file says)
 
 
 def cache_root() -> Path:
@@ -127,18 +128,52 @@ def require_gguf_package() -> None:
                                  "(or pip install gguf)") from err
 
 
-def read_architecture(path: Path) -> str:
-    """The file's ``general.architecture``, reading it whole (a truncated or corrupted file is a clear error)."""
+@dataclass(frozen=True)
+class GGUFHeader:
+    """What the converter needs from a GGUF file's metadata."""
+
+    architecture: str
+    add_bos_token: bool | None  # tokenizer.ggml.add_bos_token: whether every text starts with BOS (None: not said)
+    add_eos_token: bool | None
+
+
+def read_header(path: Path) -> GGUFHeader:
+    """The file's architecture and tokenizer flags, reading it whole (a truncated or corrupted file is a clear
+    error here, not halfway through a load)."""
     require_gguf_package()
     from gguf import GGUFReader
 
     try:
-        reader = GGUFReader(str(path))  # maps every tensor: a file cut short fails here, not halfway through a load
-        field = reader.fields["general.architecture"]
-        return bytes(field.parts[field.data[0]]).decode("utf-8")
+        fields = GGUFReader(str(path)).fields  # maps every tensor: a file cut short fails here
+
+        def value(key: str):
+            field = fields.get(key)
+            return None if field is None else field.parts[field.data[0]]
+
+        architecture = bytes(value("general.architecture")).decode("utf-8")
+        flags = [value(f"tokenizer.ggml.add_{which}_token") for which in ("bos", "eos")]
     except Exception as err:  # the reader raises ValueError, IndexError, KeyError, struct.error … on bad bytes
         raise SalienceBenchError(f"{str(path)!r} is not a readable GGUF file (truncated or corrupted?): "
                                  f"{_first_line(err)}") from err
+    return GGUFHeader(architecture, *(None if f is None else bool(f[0]) for f in flags))
+
+
+def match_special_tokens(tokenizer, header: GGUFHeader) -> None:
+    """Make the tokenizer add BOS / EOS as the file says. transformers 5.20–5.22 build Gemma-3-270M's tokenizer
+    without the BOS its file asks for, and without it the model reads a plain sentence at perplexity 456 instead
+    of 11.9 (5.23 and later add it). Where the file sets no flag, the tokenizer stays as transformers built it."""
+    probe = tokenizer("a")["input_ids"]
+    for which, wanted in (("bos", header.add_bos_token), ("eos", header.add_eos_token)):
+        token_id = getattr(tokenizer, f"{which}_token_id")
+        if wanted is None or token_id is None:
+            continue
+        has = (probe[0] if which == "bos" else probe[-1]) == token_id
+        if has != wanted:
+            setattr(tokenizer, f"add_{which}_token", wanted)
+            again = tokenizer("a")["input_ids"]
+            if ((again[0] if which == "bos" else again[-1]) == token_id) != wanted:
+                raise SalienceBenchError(f"the GGUF file says add_{which}_token={wanted}, and the tokenizer that "
+                                         f"transformers built from it cannot be made to follow it")
 
 
 def supported_architectures() -> list[str]:
@@ -187,10 +222,11 @@ def _first_line(err: BaseException) -> str:
 
 
 def converted_folder(sha256: str) -> Path:
-    """Keyed by the file's digest and transformers' major version (a folder saved by one may not load in another)."""
+    """Keyed by the file's digest, transformers' major version (a folder saved by one may not load in another) and
+    the conversion's own format."""
     import transformers
 
-    return cache_root() / "gguf" / f"{sha256[:24]}-transformers{transformers.__version__.split('.')[0]}"
+    return cache_root() / "gguf" / f"{sha256[:24]}-transformers{transformers.__version__.split('.')[0]}-v{CONVERSION_FORMAT}"
 
 
 def is_converted(folder: Path) -> bool:
@@ -220,7 +256,8 @@ def convert(gguf_path: Path, *, sha256: str | None = None, label: str | None = N
     if is_converted(folder):
         return folder
     require_gguf_package()
-    architecture = read_architecture(gguf_path)
+    header = read_header(gguf_path)
+    architecture = header.architecture
     with _cache_lock(folder):
         if is_converted(folder):  # another process converted it while this one waited
             return folder
@@ -233,7 +270,7 @@ def convert(gguf_path: Path, *, sha256: str | None = None, label: str | None = N
             raise SalienceBenchError(f"cannot write the model cache {str(folder.parent)!r}: {err.strerror or err}; "
                                      "set SALIENCE_BENCH_CACHE to a writable folder") from err
         try:
-            _convert_into(gguf_path, work, architecture)
+            _convert_into(gguf_path, work, header)
             _write_atomically(work / SOURCE_FILE, json.dumps(_provenance(gguf_path, sha256, architecture), indent=2))
             _readable_by_all(work)
             if folder.exists():  # a conversion that never finished (no source file): replaced
@@ -247,7 +284,7 @@ def convert(gguf_path: Path, *, sha256: str | None = None, label: str | None = N
     return folder
 
 
-def _convert_into(gguf_path: Path, work: Path, architecture: str) -> None:
+def _convert_into(gguf_path: Path, work: Path, header: GGUFHeader) -> None:
     """Tokenizer and float32 weights of the GGUF file, saved as a plain Hugging Face folder in ``work``."""
     import torch
     import transformers
@@ -259,7 +296,7 @@ def _convert_into(gguf_path: Path, work: Path, architecture: str) -> None:
         loaded = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
     except Exception as err:  # transformers raises ValueError, KeyError, NotImplementedError … for what it cannot read
         raise SalienceBenchError(
-            f"cannot load GGUF file {str(gguf_path)!r} of architecture {architecture!r} as a causal LM: "
+            f"cannot load GGUF file {str(gguf_path)!r} of architecture {header.architecture!r} as a causal LM: "
             f"{_first_line(err)} (transformers {transformers.__version__} reads GGUF files of: "
             f"{', '.join(supported_architectures())})") from err
     # A GGUF-loaded model carries a quantization config that save_pretrained refuses ("not serializable"); its
@@ -270,8 +307,42 @@ def _convert_into(gguf_path: Path, work: Path, architecture: str) -> None:
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict(), strict=True)
     fresh.generation_config = loaded.generation_config
+    match_special_tokens(tokenizer, header)
     fresh.save_pretrained(work)
     tokenizer.save_pretrained(work)
+    del loaded, fresh
+    # What later loads will read: the saved folder (in transformers 5.17 a GGUF tokenizer saved and read back
+    # differs from the one in memory).
+    check_converted(AutoModelForCausalLM.from_pretrained(work, dtype=torch.float32), AutoTokenizer.from_pretrained(work),
+                    source=str(gguf_path))
+
+
+SANITY_TEXT = "The capital of France is Paris. It is a beautiful city with many museums."
+
+
+def sentence_perplexity(model, tokenizer, text: str = SANITY_TEXT) -> float:
+    """The model's perplexity on ``text`` (every token after the first predicted), in float32 on its device."""
+    import torch
+
+    ids = tokenizer(text, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
+    with torch.no_grad():
+        return float(torch.exp(model(input_ids=ids, labels=ids).loss.float()))
+
+
+def check_converted(model, tokenizer, *, source: str) -> None:
+    """Refuse a conversion that is not a working language model: one whose perplexity on a plain English sentence
+    is above 1,000 or a tenth of its vocabulary, where a pretrained model gives tens and a random one about its
+    vocabulary. Seen here: transformers 5.17 tokenizes Gemma-3's GGUF file wrongly (perplexity 61,919; 11.9 on 5.20
+    and later), which would otherwise give a model that loads, scores and trains while reading garbled text."""
+    import transformers
+
+    perplexity = sentence_perplexity(model, tokenizer)
+    limit = min(1000.0, model.config.vocab_size / 10)
+    if not perplexity <= limit:
+        raise SalienceBenchError(
+            f"the model converted from {source!r} gives perplexity {perplexity:,.0f} on a plain English sentence "
+            f"(limit {limit:,.0f}; a pretrained model gives tens): transformers {transformers.__version__} reads this "
+            "GGUF file's tokenizer or weights wrongly; upgrade transformers (pip install -U transformers)")
 
 
 def _readable_by_all(folder: Path) -> None:

@@ -3,6 +3,7 @@ loading by short name, file and folder into one cached conversion, the weights a
 dequantizer, per-example scores against a one-example-at-a-time loop on real GSM8K batches, the CLI end to end,
 and every way a GGUF model can be wrong, each a one-line error with exit 2."""
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -221,3 +222,25 @@ def test_unwritable_cache_missing_files_and_ambiguous_folders(smollm2_file, tmp_
         (two / name).write_bytes(b"")
     assert_clean_failure(gguf_cli(tmp_path, two), "holds 2 GGUF files (a.gguf, b.gguf)")
     assert no_trace(tmp_path / "out")
+
+
+def test_a_conversion_that_is_not_a_working_language_model_is_refused(tiny_causal_dirs, smollm2_folder):
+    """The conversion's sanity check: a random model (perplexity about its vocabulary) is refused, the real one
+    passes with the perplexity of a pretrained model; and the tokenizer adds BOS exactly as the file says."""
+    random_model, tokenizer = sb.load_model_and_tokenizer(str(tiny_causal_dirs["llama"]), task="causal-lm")
+    with pytest.raises(sb.SalienceBenchError, match="reads this GGUF file's tokenizer or weights wrongly"):
+        gguf_models.check_converted(random_model.eval(), tokenizer, source="random.gguf")
+    model, tokenizer = load_smollm2()
+    assert gguf_models.sentence_perplexity(model, tokenizer) < 100
+    header = gguf_models.read_header(gguf_models.PACKAGED_MODELS[SMOLLM2].gguf_file(Path("unused")))
+    assert header.architecture == "llama" and header.add_bos_token is False
+    assert tokenizer("a")["input_ids"][0] != tokenizer.bos_token_id
+
+
+def test_the_tokenizer_follows_the_files_bos_flag(offline_tokenizer):
+    tokenizer = copy.deepcopy(offline_tokenizer)
+    assert tokenizer("a")["input_ids"][0] != tokenizer.bos_token_id
+    gguf_models.match_special_tokens(tokenizer, gguf_models.GGUFHeader("llama", add_bos_token=True, add_eos_token=None))
+    assert tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id
+    gguf_models.match_special_tokens(tokenizer, gguf_models.GGUFHeader("llama", add_bos_token=False, add_eos_token=None))
+    assert tokenizer("a")["input_ids"][0] != tokenizer.bos_token_id
