@@ -238,6 +238,17 @@ def exact_match_examples(config: TrainConfig, data: Dataset) -> int:
     return len(data) if config.eval_examples is None else min(config.eval_examples, len(data))
 
 
+def loss_eval_batch_size(config: TrainConfig, vocab_size: int, task: str, device: torch.device) -> int:
+    """``eval_batch_size``, fewer for a causal LM whose logits would not fit: a batch of B × L tokens holds B·L·V
+    float32 logits and about two more copies in the loss (upcast, log-softmax), 3.2 GB per 512-token example of
+    Gemma-3's 262,144-token vocabulary. They get 10% of a GPU's memory, or 4 GiB elsewhere."""
+    if task != "causal-lm":
+        return config.eval_batch_size
+    budget = 0.1 * torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 4 * 2**30
+    per_example = 3 * 4 * config.max_length * max(vocab_size, 1)
+    return max(1, min(config.eval_batch_size, int(budget // per_example)))
+
+
 def parameter_groups(trainer, params: list[nn.Parameter], head_lr: float | None) -> list[dict]:
     """The optimizer's groups: the method's parameters at its rate, and (``head_lr``) the head at that rate."""
     if head_lr is None:
@@ -269,7 +280,8 @@ def run_one(
     model.to(device)
     params = eligible_parameters(model, config.include, config.exclude)
     head = head_parameters(model)
-    eval_batches = make_batches(inputs.eval_data, tokenizer, batch_size=config.eval_batch_size, max_length=config.max_length,
+    eval_size = loss_eval_batch_size(config, model.config.vocab_size, inputs.eval_data.task, device)
+    eval_batches = make_batches(inputs.eval_data, tokenizer, batch_size=eval_size, max_length=config.max_length,
                                 shuffle=False, sort_by_length=True, chat_template=config.chat_template)
     trainer = method_class(RunSetup(model=model, tokenizer=tokenizer, params=params, head=head,
                                     metric=metric if method_class.uses_metric else None, seed=seed, config=config,
