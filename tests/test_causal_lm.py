@@ -208,3 +208,15 @@ def test_the_base_model_runs_once_whatever_the_seeds():
 
     assert planned_runs(["grad"], ["full", "base"], [3, 4]) == [
         ("sparse", "grad", 3), ("full", "", 3), ("base", "", 3), ("sparse", "grad", 4), ("full", "", 4)]
+
+
+def test_loss_evaluation_batches_fit_their_logits_in_memory():
+    from salience_bench.training.loop import TrainConfig, loss_eval_batch_size
+
+    config, cpu = TrainConfig(max_length=512, eval_batch_size=128), torch.device("cpu")
+    # 4 GiB for B × 512 × V float32 logits and two copies: 2 examples of Gemma-3's vocabulary, 14 of SmolLM2's
+    assert loss_eval_batch_size(config, 262_144, "causal-lm", cpu) == 4 * 2**30 // (3 * 4 * 512 * 262_144) == 2
+    assert loss_eval_batch_size(config, 49_152, "causal-lm", cpu) == 14
+    assert loss_eval_batch_size(config, 300, "causal-lm", cpu) == 128  # never more than eval_batch_size
+    assert loss_eval_batch_size(config, 262_144, "classification", cpu) == 128  # a classifier's logits are tiny
+    assert loss_eval_batch_size(TrainConfig(max_length=10**9), 10**6, "causal-lm", cpu) == 1
