@@ -15,6 +15,7 @@ STUDIES = {
     "static_vs_dynamic": ("summary.csv", ["accuracy", "drift"]),
     "sparse_vs_lora_vs_full": ("summary.csv", ["accuracy"]),
     "fair_speft": ("verdicts.csv", ["summary", "curves"]),
+    "quantization_ties": ("ties.csv", ["tie_break_share"]),
 }
 
 
@@ -34,7 +35,7 @@ def test_study_runs_in_quick_mode(study, tiny_model_dir, tmp_path):
     readme = (out / "README.md").read_text()
     assert "## Verdict" in readme and "**" in readme and "command:" in readme
     assert any(f"**{word}" in readme.lower() for word in ("holds", "does not hold", "inconclusive"))
-    if study != "metric_agreement":  # the training studies state their runs' summed training time
+    if study not in ("metric_agreement", "quantization_ties"):  # the training studies state their summed training time
         assert "training time sums to" in readme
 
 
@@ -181,3 +182,22 @@ def test_study_readme_names_where_the_runs_trained_and_keeps_hand_notes(tmp_path
     readme = (tmp_path / "README.md").read_text()
     assert "- runs trained on: NVIDIA H200 (2 runs), cuda (1 runs)" in readme and "6 s" in readme
     assert readme.rstrip().endswith("- model: an fp16 copy of the weights")
+
+
+def test_tie_counts_against_a_hand_count():
+    sys.path.insert(0, str(ROOT / "analyses"))
+    import quantization_ties
+    import torch
+
+    import salience_bench as sb
+
+    scores = {"a": torch.tensor([3.0, 2.0, 2.0, 2.0, 1.0]), "b": torch.tensor([2.0, 2.0, 0.0])}
+    # top 3: the 3, then two of the five 2s, chosen by the rule (earlier tensor, lower index): a[1], a[2]
+    mask = sb.make_mask(scores, k=3)
+    assert mask["a"].tolist() == [True, True, True, False, False] and not mask["b"].any()
+    assert quantization_ties.tie_counts(scores, mask) == dict(selected=3, above=1, tied=5, by_tie_break=2)
+    distinct = {"a": torch.tensor([3.0, 2.5, 2.0, 1.0])}  # no ties: the rule chooses nothing
+    assert quantization_ties.tie_counts(distinct, sb.make_mask(distinct, k=2))["by_tie_break"] == 0
+    # Per layer, a quarter of each: a keeps its 3 (no choice), b one of its two 2s (the rule's choice)
+    per_layer = quantization_ties.layer_tie_counts(scores, sb.make_mask(scores, density=0.25, scope="layer"))
+    assert per_layer == dict(selected=2, above=0, tied=3, by_tie_break=1)  # each threshold entry is "tied"
