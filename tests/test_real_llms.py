@@ -118,7 +118,7 @@ def test_cli_on_real_smollm2_scores_saves_exports_and_trains(smollm2_folder, tmp
                      "--include", layers, "--batches", "1", "--batch-size", "2", "--max-length", "192",
                      "--scope", "lora", "--rank", "1", "--save-masks", "--export-peft", str(adapters),
                      "--train", "--steps", "5", "--baselines", "none", "--train-batch-size", "2", "--lr", "1e-3",
-                     "--eval-examples", "1", "--no-figures", "--out", str(out), "--quiet")
+                     "--eval-examples", "0", "--no-figures", "--out", str(out), "--quiet")  # (generation: test_causal_lm)
     assert result.returncode == 0, result.stderr[-3000:]
     model, _ = load_smollm2()
     params = sb.eligible_parameters(model, include=layers.split(","))
@@ -140,7 +140,8 @@ def test_cli_on_real_smollm2_scores_saves_exports_and_trains(smollm2_folder, tmp
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model_source"]["sha256"] == SMOLLM2_SHA256
     rows = pd.read_csv(out / "downstream.csv")
-    assert sorted(rows.method) == ["base"] + ["sparse"] * 3 and (rows.exact_match_n == 1).all()
+    assert sorted(rows.method) == ["base"] + ["sparse"] * 3 and (rows.exact_match_n == 0).all()
+    assert (rows[rows.method == "sparse"].eval_loss < float(rows[rows.method == "base"].eval_loss.iloc[0])).all()  # learned
     losses = pd.read_csv(out / "train_loss.csv")
     for metric, run in losses.groupby("metric"):
         curve = run.sort_values("step").train_loss.tolist()
