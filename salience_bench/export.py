@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import SalienceBenchError
 from .masks import MaskSet
-from .models import linear_modules_for
+from .models import linear_modules_for, new_parameters
 from .report.io import atomic_path
 
 FORMAT = "salience_bench.masks/1"
@@ -104,8 +104,6 @@ def to_peft_shira(model: nn.Module, masks: Mapping[str, torch.Tensor], r: int, *
         from peft import ShiraConfig, get_peft_model
     except ImportError as err:
         raise SalienceBenchError("exporting to SHiRA needs peft ≥ 0.17 (ShiraConfig): pip install -U peft") from err
-    from .training.methods import head_parameters
-
     params = dict(model.named_parameters())
     unknown = [n for n in masks if n not in params]
     if unknown:
@@ -125,7 +123,7 @@ def to_peft_shira(model: nn.Module, masks: Mapping[str, torch.Tensor], r: int, *
         return by_weight[id(base_layer.weight)].to(device=base_layer.weight.device, dtype=base_layer.weight.dtype)
 
     targets = sorted(n.rsplit(".", 1)[0] for n in masks)
-    heads = sorted({n.rsplit(".", 1)[0] for n in head_parameters(model)}) or None
+    heads = sorted({n.rsplit(".", 1)[0] for n in new_parameters(model)}) or None
     with warnings.catch_warnings():
         # peft warns that it does not know the mask type (ours is the mask_fn set below) and calls a
         # transformers method that transformers 5 deprecates; neither is ours to fix.

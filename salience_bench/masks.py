@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 import math
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import torch
 
@@ -371,8 +371,10 @@ class MaskSpec:
         if self.scope == "layer" and not any(selection_count(n, self.density) for n in counts.values()):
             raise SalienceBenchError(f"density={self.density} selects 0 {unit} in every tensor; raise it")
 
-    def apply(self, scores: Mapping[str, torch.Tensor]) -> "MaskSet":
-        """The masks for ``scores`` (see :func:`make_mask`), kept as selected positions per tensor."""
+    def apply(self, scores: Mapping[str, torch.Tensor], *, transposed: Collection[str] = ()) -> "MaskSet":
+        """The masks for ``scores`` (see :func:`make_mask`), kept as selected positions per tensor. ``transposed``
+        names the tensors stored input × output (transformers' ``Conv1D``; :attr:`Scores.transposed` lists a scored
+        model's), whose output rows are columns: structures ``row`` and ``nm`` select along them."""
         if not isinstance(scores, Mapping) or not scores:
             raise SalienceBenchError(f"scores must be a non-empty dict of tensors by name, got {type(scores).__name__}"
                                      + (" (empty)" if isinstance(scores, Mapping) else ""))
@@ -395,7 +397,8 @@ class MaskSpec:
         self.check_shapes(shapes)
         if self.structure in ("nm", "row"):
             select = (lambda s: _nm_mask(s, *self.nm)) if self.structure == "nm" else (lambda s: _row_mask(s, self.density))
-            return MaskSet({name: _positions(select(s)) for name, s in scores.items()}, shapes)
+            return MaskSet({name: _positions(select(s.T).T if name in transposed else select(s))
+                            for name, s in scores.items()}, shapes)
         if self.structure == "block":
             block = self.block_size
             tiles = {name: block_sums(_as_2d(s), block) for name, s in scores.items()}
@@ -431,6 +434,7 @@ def make_mask(
     block_size: int = 64,
     nm: tuple[int, int] = (2, 4),
     rank: int | None = None,
+    transposed: Collection[str] = (),
 ) -> "MaskSet":
     """Masks selecting the highest-scoring weights (the options are those of :class:`MaskSpec`): a mapping
     from tensor name to a boolean mask shaped like it, kept compactly as selected positions.
@@ -442,10 +446,10 @@ def make_mask(
     consecutive entries along the input dimension keep the N largest: density N/M, exact when
     the input size is a multiple of M). ``scope="lora"`` with ``rank=r``: exactly r·(rows + columns) entries
     in every tensor, LoRA's count layer by layer (the budget of LIFT and peft's SHiRA). Ties always go to the
-    lower position.
+    lower position. ``transposed``: the tensors stored input × output (see :meth:`MaskSpec.apply`).
     """
     spec = MaskSpec(density=density, k=k, scope=scope, structure=structure, block_size=block_size, nm=nm, rank=rank)
-    return spec.apply(scores)
+    return spec.apply(scores, transposed=transposed)
 
 
 def _unstructured(scores: Mapping[str, torch.Tensor], density: float | None, k: int | None, scope: str) -> MaskSet:

@@ -89,6 +89,12 @@ def weight_is_transposed(module: nn.Module) -> bool:
     return conv1d is not None and isinstance(module, conv1d)
 
 
+def transposed_weights(model: nn.Module, params: Mapping[str, nn.Parameter]) -> frozenset[str]:
+    """The names in ``params`` of weights stored input × output (``Conv1D``), whose output rows are columns."""
+    transposed = {id(m.weight) for m in model.modules() if weight_is_transposed(m)}
+    return frozenset(name for name, p in params.items() if id(p) in transposed)
+
+
 def infer_task(model: str) -> str:
     """``causal-lm`` for a checkpoint whose saved architecture is a next-token head, else ``classification``."""
     from transformers import AutoConfig
@@ -123,10 +129,10 @@ def load_model_and_tokenizer(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if task == "causal-lm":
-            net = AutoModelForCausalLM.from_pretrained(path, **options)
+            net, loading = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **options)
         else:
-            net = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, ignore_mismatched_sizes=True, **options)  # a head of another size is replaced
+            net, loading = AutoModelForSequenceClassification.from_pretrained(  # a head of another size is replaced
+                path, num_labels=num_labels, ignore_mismatched_sizes=True, output_loading_info=True, **options)
     except Exception as err:  # transformers, safetensors and the hub raise many types for a bad checkpoint
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SalienceBenchError(
@@ -138,7 +144,36 @@ def load_model_and_tokenizer(
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(net.config, "pad_token_id", None) is None:
         net.config.pad_token_id = tokenizer.pad_token_id
+    mark_new_parameters(net, [*loading.get("missing_keys", ()), *(k[0] for k in loading.get("mismatched_keys", ()))])
     return net, tokenizer
+
+
+_NEW_PARAMETERS = "salience_bench_new_parameters"  # set on a model by mark_new_parameters
+
+
+def mark_new_parameters(model: nn.Module, names: Sequence[str]) -> None:
+    """Record which of ``model``'s parameters were initialised anew (from_pretrained's missing and resized keys):
+    the task head that every training method trains densely (see :func:`new_parameters`)."""
+    own = {n for n, _ in model.named_parameters()}
+    setattr(model, _NEW_PARAMETERS, tuple(sorted(set(names) & own)))
+
+
+def new_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The newly initialised parameters of ``model`` (a classifier's new head: BERT's ``classifier``, DistilBERT's
+    ``pre_classifier`` and ``classifier``, BART's ``classification_head``, Llama's ``score``), by name.
+
+    For a model loaded by :func:`load_model_and_tokenizer`, what ``from_pretrained`` reported as missing from the
+    checkpoint or resized. For a model built in memory (from a config, so nothing is pretrained), the parameters
+    outside its backbone (transformers' ``base_model``) other than its output embeddings (a causal LM's head,
+    which belongs to the language model)."""
+    recorded = model.__dict__.get(_NEW_PARAMETERS)
+    if recorded is not None:
+        named = dict(model.named_parameters())
+        return {n: named[n] for n in recorded}
+    backbone = getattr(model, "base_model", model)
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    inside = {id(p) for p in backbone.parameters()} | {id(p) for p in (output.parameters() if output is not None else ())}
+    return {n: p for n, p in model.named_parameters() if id(p) not in inside}
 
 
 def _default_eligible(module_name: str, module: nn.Module) -> bool:

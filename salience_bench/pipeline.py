@@ -366,7 +366,7 @@ def _analyse(config: CompareConfig, model, scores: Scores, params, batches, data
     if not distributed.is_main():  # rank 0 analyses and writes; the others only help to train (or serve their shards)
         scores.serve()
         return result
-    result.masks = {**{m: config.mask.apply(s) for m, s in result.scores.items()}, **loaded}
+    result.masks = {**{m: config.mask.apply(s, transposed=scores.transposed) for m, s in result.scores.items()}, **loaded}
     result.metrics = list(result.masks)  # loaded masks join the overlap and allocation tables
     if result.masks:
         result.realised_density = next(iter(result.masks.values())).count() / eligible

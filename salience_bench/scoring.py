@@ -10,7 +10,7 @@ scores tensor by tensor.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from .accumulators import ABS_GRAD
 from .accumulators.base import is_sharded, local_tensor, sharded
 from .errors import SalienceBenchError
 from .model_state import ScoringMode, batch_loss, check_batch
-from .models import eligible_parameters
+from .models import eligible_parameters, transposed_weights
 from .runtime import available_memory, to_device
 from .sharding import ShardServer, check_sharded_batches, summed_gradient
 from .scorers import ModelContext, TensorStats, get_scorer, resolve_metrics, resolve_options
@@ -36,9 +36,12 @@ class Scores(dict):
     :class:`MetricScores`), so asking for K gradient metrics costs the accumulators they share,
     not K copies of the scores."""
 
-    def __init__(self, per_tensor: Mapping[str, Mapping[str, torch.Tensor]] = (), network: Mapping[str, float] = ()):
+    def __init__(self, per_tensor: Mapping[str, Mapping[str, torch.Tensor]] = (), network: Mapping[str, float] = (),
+                 transposed: Collection[str] = ()):
         super().__init__(per_tensor)
         self.network: dict[str, float] = dict(network)
+        # tensors stored input × output (Conv1D): masks by output row must know (MaskSpec.apply's ``transposed``)
+        self.transposed = frozenset(transposed)
         self.server = None  # sharded scoring: the ShardServer rank 0 reads tensors through
 
     def serve(self) -> None:
@@ -54,7 +57,7 @@ class Scores(dict):
     def materialize(self, device: torch.device | str | None = None) -> "Scores":
         """Every score computed and stored (optionally moved to ``device``): for small models, saving, pickling."""
         return Scores({m: {n: (s if device is None else s.to(device)) for n, s in per.items()} for m, per in self.items()},
-                      self.network)
+                      self.network, self.transposed)
 
 
 class MetricScores(Mapping[str, torch.Tensor]):
@@ -305,7 +308,7 @@ def score(
             model, batches, params, needs, progress=f"scoring {','.join(names)}" if progress else False,
             sum_dtype=sum_dtype, deterministic=deterministic,
         )
-    result = Scores()
+    result = Scores(transposed=transposed_weights(model, params))
     if shards:
         result.server = ShardServer(params, accumulated)
     for scorer in scorers:

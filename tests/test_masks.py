@@ -207,3 +207,28 @@ def test_large_inputs_take_the_sampled_bracket_and_agree_with_radix_select():
     adversarial[::5] = 0.0  # the sample takes every 5th score (5e6 / 2^20, rounded up): it sees only zeros
     assert _bracketed_threshold({"a": adversarial}, 1_000_000) is None
     assert kth_largest_key({"a": adversarial}, 1_000_000) == radix_kth_largest_key({"a": adversarial}, 1_000_000)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("structure", ["row", "nm"])
+def test_row_and_nm_masks_follow_output_rows_whatever_the_weight_layout(tiny_causal_dirs, arch, structure):
+    """GPT-2's Conv1D stores its weight input × output: "every output row" is then a column of the stored tensor, and
+    N:M groups run along the input dimension, its first. Checked per output row against a brute-force top-k."""
+    spec = sb.MaskSpec(density=0.25, structure="row") if structure == "row" else sb.MaskSpec(structure="nm", nm=(2, 4))
+    config = sb.CompareConfig(metrics=("magnitude",), model=str(tiny_causal_dirs[arch]), dataset="gsm8k", mask=spec)
+    result = sb.run_comparison(config, tables=False)
+    model, _ = sb.load_model_and_tokenizer(str(tiny_causal_dirs[arch]), task="causal-lm")
+    modules = sb.models.linear_modules_for(model, sb.eligible_parameters(model))
+    assert any(sb.models.weight_is_transposed(m) for m in modules.values()) == (arch == "gpt2")
+    mask = result.masks["magnitude"]
+    for name, module in modules.items():
+        stored = module.weight.detach().abs()
+        by_output = stored.T if sb.models.weight_is_transposed(module) else stored  # out × in
+        selected = mask[name].T if sb.models.weight_is_transposed(module) else mask[name]
+        width = by_output.shape[1]
+        for row in range(by_output.shape[0]):
+            groups = [(0, width)] if structure == "row" else [(s, s + 4) for s in range(0, width, 4)]
+            for start, stop in groups:
+                count = round(0.25 * width) if structure == "row" else 2
+                expected = brute_force_top_k({"g": by_output[row, start:stop]}, count)["g"]
+                assert torch.equal(selected[row, start:stop], expected), (name, row, start)

@@ -5,7 +5,6 @@ class decorated by :func:`register_method` and import it below.
 """
 
 from .base import (
-    HEAD_PATTERNS,
     RunSetup,
     TrainingMethod,
     freeze_all_but,
@@ -19,6 +18,6 @@ from . import sparse, full, lora, pissa, shira, supertuning, base_model  # noqa:
 from .lora import lora_parameters_per_rank, matched_lora_rank, wrap_lora  # noqa: E402
 
 __all__ = [
-    "HEAD_PATTERNS", "RunSetup", "TrainingMethod", "freeze_all_but", "get_method", "head_parameters",
+    "RunSetup", "TrainingMethod", "freeze_all_but", "get_method", "head_parameters",
     "list_baselines", "list_methods", "lora_parameters_per_rank", "matched_lora_rank", "register_method", "wrap_lora",
 ]

@@ -9,22 +9,33 @@ plain loop over these calls, so a new baseline is one module with one decorated 
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from ...data import Dataset
+from ...models import new_parameters
 from ...registry import Registry
 
-HEAD_PATTERNS = ("classifier.*", "score.*")
-"""Parameters of a newly initialised task head: trained densely by every method."""
+
+def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The newly initialised task head (see :func:`salience_bench.models.new_parameters`): trained densely by
+    every method."""
+    return new_parameters(model)
 
 
-def head_parameters(model: nn.Module, patterns: Sequence[str] = HEAD_PATTERNS) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)}
+def head_modules(head: Iterable[str]) -> list[str]:
+    """The modules owning the head's parameters (what peft trains densely as ``modules_to_save``)."""
+    return sorted({name.rsplit(".", 1)[0] for name in head})
+
+
+def in_modules(name: str, modules: Iterable[str]) -> bool:
+    """Whether parameter ``name`` of a (possibly wrapped) model lies inside one of ``modules``, named as in the
+    unwrapped model: peft's ``base_model.model.classifier.modules_to_save.default.weight`` lies in ``classifier``,
+    ``pre_classifier.weight`` does not."""
+    return any(f".{module}." in f".{name}" for module in modules)
 
 
 def freeze_all_but(model: nn.Module, keep: Mapping[str, nn.Parameter]) -> None:
@@ -86,8 +97,8 @@ class TrainingMethod:
     def head_parameters(self) -> list[nn.Parameter]:
         """The trainable task-head parameters of the prepared model (a peft wrapper's trainable copy included), so
         that every method can train its head at one shared rate (``TrainConfig.head_lr``)."""
-        return [p for n, p in self.model.named_parameters()
-                if p.requires_grad and any(fnmatch.fnmatchcase(n, "*" + pat) for pat in HEAD_PATTERNS)]
+        modules = head_modules(self.setup.head)
+        return [p for n, p in self.model.named_parameters() if p.requires_grad and in_modules(n, modules)]
 
     def trainable_count(self) -> int:
         """Trainable weights of the method itself, the head excluded."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from typing import Mapping, Sequence
+from typing import Mapping
 
 from torch import nn
 
 from ...errors import SalienceBenchError
 from ...models import weight_is_transposed
-from .base import HEAD_PATTERNS, TrainingMethod, freeze_all_but, head_parameters, register_method
+from .base import TrainingMethod, freeze_all_but, head_modules, head_parameters, register_method
 
 
 def lora_parameters_per_rank(params: Mapping[str, nn.Parameter]) -> int:
@@ -23,9 +23,10 @@ def matched_lora_rank(k: int, params: Mapping[str, nn.Parameter]) -> int:
 
 
 def peft_targets(model: nn.Module, params: Mapping[str, nn.Parameter],
-                 head_patterns: Sequence[str] = HEAD_PATTERNS) -> tuple[list[str], list[str] | None]:
-    """(the modules owning ``params``, the head modules peft trains densely as ``modules_to_save``)."""
-    heads = sorted({n.rsplit(".", 1)[0] for n in head_parameters(model, head_patterns)})
+                 head: Mapping[str, nn.Parameter] | None = None) -> tuple[list[str], list[str] | None]:
+    """(the modules owning ``params``, the head modules peft trains densely as ``modules_to_save``; ``head``
+    defaults to the model's newly initialised parameters)."""
+    heads = head_modules(head_parameters(model) if head is None else head)
     return sorted({name.rsplit(".", 1)[0] for name in params}), heads or None
 
 
@@ -48,7 +49,7 @@ def wrap_lora(
     rank: int,
     alpha: float | None = None,
     init: str | bool = True,
-    head_patterns: Sequence[str] = HEAD_PATTERNS,
+    head: Mapping[str, nn.Parameter] | None = None,
 ) -> nn.Module:
     """A peft LoRA (or PiSSA, with ``init="pissa_niter_4"``) model on the modules owning ``params``;
     the head is trained densely (peft ``modules_to_save``)."""
@@ -56,7 +57,7 @@ def wrap_lora(
         from peft import LoraConfig
     except ImportError as err:
         raise SalienceBenchError("the LoRA and PiSSA baselines need peft: pip install peft") from err
-    targets, heads = peft_targets(model, params, head_patterns)
+    targets, heads = peft_targets(model, params, head)
     # Conv1D (GPT-2 family) stores its weight in × out: peft must be told.
     transposed = any(weight_is_transposed(model.get_submodule(target)) for target in targets)
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else 2 * rank, lora_dropout=0.0,
@@ -74,7 +75,7 @@ class LoRA(TrainingMethod):
         self.rank = matched_lora_rank(self.setup.target_count, self.setup.params)
         freeze_all_but(self.setup.model, {})
         self.model = wrap_lora(self.setup.model, self.setup.params, rank=self.rank, init=self.init,
-                               alpha=self.config.lora_alpha_ratio * self.rank)
+                               alpha=self.config.lora_alpha_ratio * self.rank, head=self.setup.head)
         return self.model
 
     def trainable_count(self) -> int:

@@ -22,7 +22,7 @@ class SHiRA(LoRA):
             raise SalienceBenchError("the SHiRA baseline needs peft ≥ 0.17: pip install -U peft") from err
         self.rank = matched_lora_rank(self.setup.target_count, self.setup.params)
         freeze_all_but(self.setup.model, {})
-        targets, heads = peft_targets(self.setup.model, self.setup.params)
+        targets, heads = peft_targets(self.setup.model, self.setup.params, self.setup.head)
         config = ShiraConfig(r=self.rank, target_modules=targets, modules_to_save=heads, random_seed=self.setup.seed)
         self.model = with_peft(self.setup.model, config, "SHiRA")
         return self.model

@@ -39,8 +39,8 @@ class SparseFineTuning(TrainingMethod):
     def _select(self, batches) -> dict[str, torch.Tensor]:
         setup = self.setup
         scores = score(setup.model, batches, [setup.metric], params=setup.params, seed=setup.seed,
-                       options=self.config.score_options)[setup.metric]
-        masks = self.config.mask.apply(scores)
+                       options=self.config.score_options)
+        masks = self.config.mask.apply(scores[setup.metric], transposed=scores.transposed)
         # Rank 0 decides (float sums in another order could break a near-tie differently elsewhere).
         return MaskSet({n: distributed.broadcast_from_main(masks.indices(n)) for n in masks},
                        {n: masks.shape_of(n) for n in masks})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ...errors import SalienceBenchError
-from .base import TrainingMethod, freeze_all_but, head_parameters, register_method
+from .base import TrainingMethod, freeze_all_but, register_method
 from .lora import peft_targets, with_peft
 
 
@@ -20,12 +20,11 @@ class SuperTuning(TrainingMethod):
             raise SalienceBenchError("the Super-Tuning baseline needs a peft with SupertuningConfig: pip install -U peft") from err
         density = self.setup.target_count / self.setup.total
         freeze_all_but(self.setup.model, {})
-        targets, heads = peft_targets(self.setup.model, self.setup.params)
+        targets, heads = peft_targets(self.setup.model, self.setup.params, self.setup.head)
         self.model = with_peft(self.setup.model, SupertuningConfig(target_modules=targets, modules_to_save=heads,
                                                                    sparsity=1.0 - density, select_top=True), "Super-Tuning")
         return self.model
 
     def trainable_count(self) -> int:
-        heads = {id(p) for p in head_parameters(self.model).values()}
-        return sum(p.numel() for n, p in self.model.named_parameters()
-                   if p.requires_grad and id(p) not in heads and "modules_to_save" not in n)
+        heads = {id(p) for p in self.head_parameters()}
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad and id(p) not in heads)
