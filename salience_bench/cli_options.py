@@ -79,6 +79,31 @@ def _nm(text: str) -> tuple[int, int]:
     return n, m
 
 
+def _option_type(name: str, option: "sb.scorers.Option"):
+    """An argparse type from a scorer's typed option: its type, and its minimum where it has one."""
+    if option.type is str:
+        return str
+    what = "an integer" if option.type is int else "a number"
+    floor = option.minimum
+    return _number(option.type, what, lambda v: floor is None or v >= floor, f"≥ {floor}", f"{name} ")
+
+
+def _add_scorer_options(group, taken: set[str]) -> None:
+    """One ``--flag`` per option the registered scorers declare (``lift_rank`` → ``--lift-rank``), so a metric's
+    settings reach the command line with no code here; ``taken`` are defined elsewhere in the parser."""
+    for name, option in sb.scorers.scorer_options().items():
+        if name in taken:
+            continue
+        flag = "--" + name.replace("_", "-")
+        group.add_argument(flag, type=_option_type(flag, option), default=option.default,
+                           help=f"{option.help} (default: {option.default!r})")
+
+
+def scorer_option_values(args: argparse.Namespace) -> dict:
+    """The scorer options as parsed, by option name."""
+    return {name: getattr(args, name) for name in sb.scorers.scorer_options()}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not the 24-line usage block
         self.exit(2, f"error: {message} (python -m salience_bench.compare --help lists every option)\n")
@@ -146,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     mask.add_argument("--block-size", type=_positive_int, default=64,
                       help="tile side for --structure block and the smt_block metric (default: %(default)s)")
     mask.add_argument("--nm", type=_nm, default=(2, 4), metavar="N:M", help="N:M pattern for --structure nm (default: 2:4)")
-    mask.add_argument("--lift-rank", type=_positive_int, default=32,
-                      help="rank of the SVD approximation for the lift metric (default: %(default)s, LIFT's "
-                           "setting for its smallest model)")
+
+    _add_scorer_options(parser.add_argument_group(
+        "metric options", "Settings the registered metrics declare (each applies to the metrics named in its help)."),
+        taken={"block_size"})  # --block-size above: the tile side of block masks and of smt_block alike
 
     data = parser.add_argument_group("scoring data")
     data.add_argument("--batches", type=_positive_int, default=8, help="number of scoring batches (default: %(default)s)")

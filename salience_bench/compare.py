@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import salience_bench as sb
-from salience_bench.cli_options import DEFAULT_DENSITY, build_parser
+from salience_bench.cli_options import DEFAULT_DENSITY, build_parser, scorer_option_values
 
 def config_from_args(args: argparse.Namespace) -> sb.CompareConfig:
     """The pipeline's configuration; every check of the mask options happens in MaskSpec."""
@@ -32,7 +32,7 @@ def config_from_args(args: argparse.Namespace) -> sb.CompareConfig:
         exclude=args.exclude, mask=mask, batches=args.batches, batch_size=args.batch_size, max_length=args.max_length,
         seed=args.seed, device=args.device, dtype=args.dtype, sum_dtype=args.sum_dtype, shard=args.shard,
         deterministic=not args.nondeterministic, kendall_sample=args.kendall_sample,
-        score_options={"lift_rank": args.lift_rank, "block_size": args.block_size}, training=training,
+        score_options=scorer_option_values(args), training=training,
         task=args.task, chat_template=not args.no_chat_template, max_memory=args.max_memory,
         save_masks=args.save_masks, load_masks=tuple(args.load_mask), export_peft=args.export_peft,
     )

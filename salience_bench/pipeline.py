@@ -319,11 +319,6 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, progress: bool
     params = eligible_parameters(model, config.include, config.exclude)
     eligible = sum(p.numel() for p in params.values())
     config.mask.check_shapes({name: p.shape for name, p in params.items()})
-    if "smt_block" in config.metrics:
-        largest = max(max(p.shape) for p in params.values())
-        if config.score_options["block_size"] > largest:
-            raise SalienceBenchError(f"block size {config.score_options['block_size']} (smt_block) is larger than every "
-                                     f"eligible tensor (longest side {largest}); valid: 1 … {largest}")
     needs_data = any(get_scorer(m).uses_data for m in config.metrics)
     batches = (make_batches(data, tokenizer, batch_size=config.batch_size, num_batches=config.batches,
                             max_length=config.max_length, seed=config.seed, chat_template=config.chat_template)

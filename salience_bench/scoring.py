@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .accumulators import Accumulator, get_accumulator, with_dependencies
-from .accumulators import ABS_GRAD
 from .accumulators.base import is_sharded, local_tensor, sharded
 from .errors import SalienceBenchError
 from .model_state import ScoringMode, batch_loss, check_batch
@@ -293,6 +292,10 @@ def score(
     shards = sharded(params)
     if shards:
         _check_shardable(scorers)
+    shapes = {name: tuple(p.shape) for name, p in params.items()}
+    for scorer in scorers:
+        if scorer.check_shapes is not None:
+            scorer.check_shapes(shapes, options)
     needs = set().union(*(s.needs for s in scorers if not s.whole_model))
     data_users = sorted(s.name for s in scorers if s.uses_data)
     if data_users and batches is None:
@@ -337,7 +340,8 @@ def score(
 def _check_shardable(scorers: Sequence) -> None:
     """Metrics sharded scoring can compute: tensor scorers whose accumulators survive FSDP's summed gradients."""
     whole = sorted(s.name for s in scorers if s.whole_model)
-    per_batch = sorted(s.name for s in scorers if ABS_GRAD in s.needs)
+    per_batch = sorted(s.name for s in scorers
+                       if not s.whole_model and not all(get_accumulator(n).shardable for n in with_dependencies(s.needs)))
     if whole or per_batch:
         raise SalienceBenchError(
             f"sharded scoring cannot compute {whole + per_batch}: "

@@ -178,3 +178,25 @@ def test_glue_pair_tasks_score_and_train_by_name(tiny_model_dir, tmp_path, datas
         assert rows["eval_f1"].between(0, 1).all() and rows["eval_mcc"].between(-1, 1).all()
     saved = pd.read_csv(tmp_path / dataset / "downstream.csv")
     assert len(saved) == len(rows) == 3  # sparse grad, sparse fisher, lora
+
+
+def test_every_scorer_option_is_a_flag_that_reaches_the_scorer(monkeypatch):
+    from salience_bench import pipeline
+    from salience_bench.cli_options import build_parser
+
+    help_text = build_parser().format_help()
+    for name in sb.scorer_options():
+        assert "--" + name.replace("_", "-") in help_text, name
+    seen = {}
+
+    def fake_run(config, out, **kwargs):  # the configuration the CLI hands the pipeline, nothing run
+        seen.update(config.score_options)
+        raise sb.SalienceBenchError("stop here")
+
+    monkeypatch.setattr(pipeline, "run_and_write", fake_run)
+    monkeypatch.setattr(sb, "run_and_write", fake_run)
+    assert compare.main(["--metrics", "synflow", "--synflow-tokens", "5", "--lift-rank", "3", "--block-size", "7"]) == 2
+    assert seen["synflow_tokens"] == 5 and seen["lift_rank"] == 3 and seen["block_size"] == 7
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["--synflow-tokens", "0"])
+    assert exit_info.value.code == 2

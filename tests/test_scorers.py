@@ -80,16 +80,26 @@ def test_scorer_options_are_typed_and_checked(model, batches):
         sb.score(model, None, ["lift"], options={"lift_rank": 0})
     with pytest.raises(sb.SalienceBenchError, match="block_size='8' must be an integer"):
         sb.score(model, batches, ["smt_block"], options={"block_size": "8"})
+    forwards = []
+    model.register_forward_hook(lambda *a: forwards.append(1))
+    with pytest.raises(sb.SalienceBenchError, match=r"block size 100000 \(smt_block\) is larger than every eligible tensor"):
+        sb.score(model, batches, ["smt_block"], options={"block_size": 100_000})
+    assert not forwards  # refused before the scoring pass
 
 
-def test_a_new_metric_is_one_registration_and_one_tester_call(fresh_registry):
+def register_grad_squared():
+    """A new metric, registered at module level so that the tester's spawned processes can register it too."""
+
     @sb.register("grad_squared", needs={"mean_grad"})
     def grad_squared(t):
         """ḡ²."""
         return t.mean_grad.square()
 
+
+def test_a_new_metric_is_one_registration_and_one_tester_call(fresh_registry):
+    register_grad_squared()
     check_scorer("grad_squared", lambda model, batches, names: {n: g**2 for n, g in mean_gradient(model, batches, names).items()},
-                 two_processes=False)  # spawned processes import the package, not this test's registration
+                 registrar=register_grad_squared)
     assert ("grad_squared", "", "ḡ².") in sb.describe_metrics()
 
 

@@ -55,6 +55,9 @@ class Accumulator:
     needs_backward: ClassVar[bool] = True  # False: forward hooks only (no gradients are computed)
     after: ClassVar[tuple[str, ...]] = ()  # accumulators whose finished results this one needs
     param_shaped: ClassVar[bool] = False  # True: one sum shaped like each parameter (param_sums), sharded with it
+    # False: cannot be gathered under FSDP2 sharding (--shard), e.g. a statistic of each batch's own gradient,
+    # which FSDP sums with the other processes' batches before any hook sees it
+    shardable: ClassVar[bool] = True
 
     sum_dtype: torch.dtype = torch.float64  # set per pass by create()
 

@@ -48,6 +48,7 @@ class MeanGradient(_BatchGradientMean):
 class MeanAbsoluteGradient(_BatchGradientMean):
     name = "abs_grad"
     description = "(1/B) Σ_b |g_b|: mean over batches of the absolute batch gradient"
+    shardable = False  # |Σ_ranks g| is not Σ_ranks |g|: FSDP hands over the ranks' summed gradient
 
     @staticmethod
     def transform(grad: torch.Tensor) -> torch.Tensor:

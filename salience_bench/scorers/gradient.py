@@ -7,8 +7,11 @@ All of these share one pass over the data.
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 import torch
 
+from ..errors import SalienceBenchError
 from ..tiles import block_sums, expand_tiles
 from ..accumulators import ABS_GRAD, MEAN_GRAD
 from .registry import Option, TensorStats, register
@@ -62,7 +65,14 @@ def spiel_grad(t: TensorStats) -> torch.Tensor:
     return t.abs_grad.clone()
 
 
-@register("smt_block", needs={MEAN_GRAD}, source="He et al. 2024 (SMT), arXiv 2405.15525",
+def _block_fits(shapes: Mapping[str, Sequence[int]], options: Mapping[str, Any]) -> None:
+    largest = max(max(shape) for shape in shapes.values())
+    if options["block_size"] > largest:
+        raise SalienceBenchError(f"block size {options['block_size']} (smt_block) is larger than every eligible tensor "
+                                 f"(longest side {largest}); valid: 1 … {largest}")
+
+
+@register("smt_block", needs={MEAN_GRAD}, source="He et al. 2024 (SMT), arXiv 2405.15525", check_shapes=_block_fits,
           options={"block_size": Option(int, 64, "tile side of smt_block (and of block masks)", minimum=1)})
 def smt_block(t: TensorStats) -> torch.Tensor:
     """Σ |ḡ| over the b×b block holding each weight (--block-size); pairs with --structure block."""

@@ -102,6 +102,8 @@ class Scorer:
     network_level: bool = False  # one number per network: reported, never masked
     needs_data: bool = False  # model scorers: whether they need scoring batches
     options: Mapping[str, Option] = field(default_factory=dict)
+    # fn(shapes by tensor name, resolved options): refuses, before the scoring pass, tensors it cannot score
+    check_shapes: Callable[[Mapping[str, Sequence[int]], Mapping[str, Any]], None] | None = None
 
     def __call__(self, stats):
         return self.fn(stats)
@@ -148,12 +150,14 @@ def register(
     aliases: Iterable[str] = (),
     source: str = "",
     options: Mapping[str, Option] | None = None,
+    check_shapes: Callable[[Mapping[str, Sequence[int]], Mapping[str, Any]], None] | None = None,
 ) -> Callable[[Callable[[TensorStats], torch.Tensor]], Callable[[TensorStats], torch.Tensor]]:
     """Register ``fn(stats: TensorStats) -> Tensor`` as the tensor scorer ``name``.
 
     The first line of the function's docstring is the one-line description shown by
     ``--list-metrics``. Names and aliases are case-insensitive and must be unique. ``needs``
-    names the accumulators it reads (see ``salience_bench.accumulators``).
+    names the accumulators it reads (see ``salience_bench.accumulators``). ``check_shapes(shapes, options)``
+    refuses, before any data is scored, tensors the scorer cannot score with these options.
     """
     needs = frozenset(needs)
     for need in needs:
@@ -164,7 +168,7 @@ def register(
                              f"valid: {list_accumulators()}") from None
 
     def decorator(fn: Callable[[TensorStats], torch.Tensor]) -> Callable[[TensorStats], torch.Tensor]:
-        _add(fn, name, aliases, needs=needs, source=source, options=dict(options or {}))
+        _add(fn, name, aliases, needs=needs, source=source, options=dict(options or {}), check_shapes=check_shapes)
         return fn
 
     return decorator

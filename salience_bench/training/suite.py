@@ -13,7 +13,7 @@ from .. import distributed
 from ..errors import SalienceBenchError
 from ..report.runlog import RunLog
 from ..stats import mean_ci
-from .methods import get_method
+from .methods import get_method, list_methods
 from .loop import DRIFT_COLUMNS, LOSS_COLUMNS, RunInputs, TrainConfig, curve_columns, downstream_columns, run_one
 
 DOWNSTREAM_CSV, DRIFT_CSV, CURVE_CSV, LOSS_CSV = "downstream.csv", "drift.csv", "eval_curve.csv", "train_loss.csv"
@@ -21,10 +21,12 @@ _KEY = ["method", "metric", "mask_schedule", "seed"]
 
 
 def planned_runs(metrics: Sequence[str], baselines: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, str, int]]:
-    """(method, metric, seed) of every run: sparse per metric and each baseline, per seed; a method whose result
-    does not depend on the seed (``seeded = False``, such as ``base``) once, at the first seed."""
+    """(method, metric, seed) of every run: each metric-driven method (``uses_metric``: sparse FT) per metric and
+    each baseline, per seed; a method whose result does not depend on the seed (``seeded = False``, such as
+    ``base``) once, at the first seed."""
+    driven = [m for m in list_methods() if get_method(m).uses_metric]
     return [(m, metric, seed) for i, seed in enumerate(seeds)
-            for m, metric in [*(("sparse", x) for x in metrics), *((b, "") for b in baselines)]
+            for m, metric in [*((d, x) for d in driven for x in metrics), *((b, "") for b in baselines)]
             if i == 0 or get_method(m).seeded]
 
 
@@ -53,16 +55,16 @@ def run_suite(
     rows = runs.tables["rows"]
     trained = rows[[get_method(str(m)).trains for m in rows["method"]]] if len(rows) else rows
     for col, want in (("steps", config.steps), ("scope", config.scope)):
-        sparse_rows = trained[trained["method"] == "sparse"] if col == "scope" else trained
-        if len(sparse_rows) and not (sparse_rows[col].astype(str) == str(want)).all():
+        masked = trained[[get_method(str(m)).uses_metric for m in trained["method"]]] if col == "scope" else trained
+        if len(masked) and not (masked[col].astype(str) == str(want)).all():
             raise SalienceBenchError(
-                f"{out_dir / DOWNSTREAM_CSV} holds runs with a different {col} ({sorted(set(sparse_rows[col].astype(str)))}"
+                f"{out_dir / DOWNSTREAM_CSV} holds runs with a different {col} ({sorted(set(masked[col].astype(str)))}"
                 f" vs {want}); use another --out"
             )
     done = runs.done
     plan = planned_runs(metrics, baselines, seeds)
     todo = [(m, metric, seed) for m, metric, seed in plan
-            if (m, metric, config.schedule if m == "sparse" else "", str(seed)) not in done]
+            if (m, metric, config.schedule if get_method(m).uses_metric else "", str(seed)) not in done]
     todo = distributed.broadcast_object(todo)  # every rank runs what rank 0 found missing
     if len(todo) < len(plan):
         log(f"resuming: {len(plan) - len(todo)} of {len(plan)} downstream runs already in {out_dir / DOWNSTREAM_CSV}")
