@@ -9,8 +9,9 @@ scores tensor by tensor.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextlib import ExitStack
-from typing import Any, Collection, Iterable, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .accumulators import Accumulator, get_accumulator, with_dependencies
 from .accumulators.base import is_sharded, local_tensor, sharded
-from .errors import SalienceBenchError
+from .errors import SalienceBenchError, is_int
 from .model_state import ScoringMode, batch_loss, check_batch
 from .models import eligible_parameters, transposed_weights
 from .runtime import available_memory, to_device
@@ -59,18 +60,66 @@ class Scores(dict):
                       self.network, self.transposed)
 
 
+class ScoreCache:
+    """The most recently read score tensors of every metric of one :class:`Scores`, at most ``max_bytes`` in all
+    (least recently read out first): masks, rank statistics and figures read each tensor several times, and a
+    score can be costly to compute (lift's SVD). Each entry remembers its weight's in-place version counter, so a
+    weight changed since (an optimizer step) is scored again. ``computed`` counts the scores computed."""
+
+    def __init__(self, max_bytes: int):
+        if not is_int(max_bytes) or max_bytes < 0:
+            raise SalienceBenchError(f"score cache size {max_bytes!r} must be an integer number of bytes ≥ 0")
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.computed = 0
+        self._entries: OrderedDict[tuple[str, str], tuple[int, torch.Tensor]] = OrderedDict()
+
+    def get(self, key: tuple[str, str], version: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == version:
+            self._entries.move_to_end(key)
+            return entry[1]
+        self._drop(key)
+        value = compute()
+        self.computed += 1
+        size = value.numel() * value.element_size()
+        if size <= self.max_bytes:
+            while self.bytes + size > self.max_bytes:
+                self._drop(next(iter(self._entries)))
+            self._entries[key] = (version, value)
+            self.bytes += size
+        return value
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry[1].numel() * entry[1].element_size()
+
+
+def default_cache_bytes(device: torch.device, needed: int) -> int:
+    """``needed`` (every score tensor of the run) when it fits in 20% of the device's free memory, else 0: a cache
+    smaller than the scores would be emptied by every pass over them (masks, ranks read tensor after tensor) and
+    only cost memory. So a small model's scores are each computed once (SmolLM2-135M's 106M eligible weights, five
+    metrics: 2.1 GB); an LLM's on a GPU are computed on access, in the memory the README states."""
+    return needed if needed <= 0.2 * available_memory(device) else 0
+
+
 class MetricScores(Mapping[str, torch.Tensor]):
     """One tensor metric's scores, each tensor's computed when it is read (float32, shaped like the
-    parameter) from the accumulators and the weight as it is *then*; nothing per metric is stored.
-    Change the model only after reading what you need, or call ``Scores.materialize()`` first."""
+    parameter) from the accumulators and the weight as it is *then*, and kept in the shared, byte-bounded
+    :class:`ScoreCache` (nothing per metric is stored beyond it). Treat the tensors as read-only."""
 
     def __init__(self, scorer, params: Mapping[str, nn.Parameter], accumulated: Mapping[str, Mapping[str, torch.Tensor]],
-                 *, seed: int, num_batches: int, options: Mapping[str, Any], server=None):
+                 *, seed: int, num_batches: int, options: Mapping[str, Any], server=None, cache: ScoreCache | None = None):
         self.scorer, self.params, self.accumulated = scorer, dict(params), accumulated
         self.seed, self.num_batches, self.options, self.server = seed, num_batches, options, server
+        self.cache = cache if cache is not None else ScoreCache(0)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         p = self.params[name]
+        return self.cache.get((self.scorer.name, name), p._version, lambda: self._compute(name, p))
+
+    def _compute(self, name: str, p: nn.Parameter) -> torch.Tensor:
         if self.server is not None:  # sharded: the weight and accumulators assembled from every rank's shard
             weight, accumulated = self.server.fetch(name, sorted(self.scorer.needs))
         else:
@@ -273,6 +322,7 @@ def score(
     progress: bool = False,
     sum_dtype: torch.dtype | str = torch.float64,
     deterministic: bool = True,
+    cache_bytes: int | None = None,
 ) -> Scores:
     """Scores of every requested metric for every eligible tensor.
 
@@ -283,7 +333,8 @@ def score(
     ``params`` overrides the include/exclude selection with an explicit name→parameter map;
     ``options`` sets scorer options (see ``scorer_options()``: ``lift_rank``, ``block_size`` …).
     ``sum_dtype`` and ``deterministic``: see :func:`accumulate`; the defaults give the same scores and masks
-    for the same batches on any number of processes.
+    for the same batches on any number of processes. ``cache_bytes`` bounds the :class:`ScoreCache` of computed
+    score tensors (default: :func:`default_cache_bytes`, all of them or none; 0 computes every read afresh).
     """
     names = resolve_metrics(metrics)
     scorers = [get_scorer(n) for n in names]
@@ -314,6 +365,10 @@ def score(
     result = Scores(transposed=transposed_weights(model, params))
     if shards:
         result.server = ShardServer(params, accumulated)
+    tensor_metrics = sum(not s.whole_model for s in scorers)
+    needed = tensor_metrics * 4 * sum(p.numel() for p in params.values())
+    cache = ScoreCache(default_cache_bytes(local_tensor(next(iter(params.values()))).device, needed)
+                       if cache_bytes is None else cache_bytes)
     for scorer in scorers:
         if scorer.whole_model:
             value = scorer(ModelContext(model=model, params=params, batches=batches, seed=seed, options=options))
@@ -329,7 +384,7 @@ def score(
             # Computed when read; their inputs (weights, accumulators) are checked once below, and the scores
             # themselves wherever they are consumed (masks refuse NaN/inf, rank statistics return NaN).
             result[scorer.name] = MetricScores(scorer, params, accumulated, seed=seed, num_batches=num_batches,
-                                               options=options, server=result.server)
+                                               options=options, server=result.server, cache=cache)
     if any(not s.whole_model for s in scorers):
         _check_finite("the weights", {n: local_tensor(p).detach() for n, p in params.items()}, shards)
         for need, per_tensor in accumulated.items():

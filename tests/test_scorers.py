@@ -217,3 +217,37 @@ def test_scoring_pass_runs_with_deterministic_kernels_and_restores_the_setting(d
         handle.remove()
     assert seen and all(s == deterministic for s in seen)
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_score_cache_computes_each_tensor_once_within_its_byte_bound(fresh_registry, model, batches):
+    computed = []
+
+    @sb.register("counted_grad", needs={"mean_grad"})
+    def counted_grad(t):
+        """|ḡ|, counting its computations."""
+        computed.append(t.name)
+        return t.mean_grad.abs()
+
+    def run(**kwargs):
+        computed.clear()
+        scores = sb.score(model, batches, ["counted_grad", "snip"], **kwargs)
+        masks = sb.make_mask(scores["counted_grad"], density=0.1)  # reads every tensor (twice: finite check, top-k)
+        table = sb.analysis.rank_correlation_frame(scores)  # per layer, globally, and Kendall's sample
+        return scores, masks, table, list(computed)
+
+    scores, masks, table, cached = run()
+    names = list(scores["counted_grad"])
+    assert sorted(cached) == sorted(names)  # the default cache holds a tiny model's scores: each computed once
+    _, masks_again, table_again, uncached = run(cache_bytes=0)
+    assert len(uncached) >= 4 * len(names)  # without it every read computes
+    assert all(torch.equal(masks[n], masks_again[n]) for n in names) and table.equals(table_again)
+    one_tensor = max(p.numel() for n, p in model.named_parameters() if n in names) * 4
+    bounded, _, _, counted = run(cache_bytes=one_tensor)
+    assert len(cached) < len(counted) < len(uncached)
+    cache = bounded["counted_grad"].cache
+    assert 0 < cache.bytes <= one_tensor and cache.computed > len(counted)  # snip's computations counted too
+    weight = dict(model.named_parameters())[names[0]]
+    before = scores["snip"][names[0]]
+    with torch.no_grad():
+        weight.mul_(2)  # an in-place change of the weight: snip = |W ⊙ ḡ| is computed again
+    torch.testing.assert_close(scores["snip"][names[0]], 2 * before)
