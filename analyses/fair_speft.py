@@ -129,7 +129,7 @@ def main(argv=None) -> None:
                            warmup_ratio=0.06, eval_every=max(1, steps // (2 if args.quick else 10)) if curve else 0,
                            score_batch_size=batch,
                            score_batches=2 if args.quick else 8, mask=sb.MaskSpec(scope="lora", rank=args.rank),
-                           lora_alpha_ratio=1.0 if recipe else 2.0, include=SPEFT_INCLUDE if recipe else None,
+                           method_options={"lora": {"alpha_ratio": 1.0 if recipe else 2.0}}, include=SPEFT_INCLUDE if recipe else None,
                            head_lr=args.head_lr,
                            max_length=128 if not args.quick else 32)
 

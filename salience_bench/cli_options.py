@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 
@@ -97,6 +98,35 @@ def _add_scorer_options(group, taken: set[str]) -> None:
         flag = "--" + name.replace("_", "-")
         group.add_argument(flag, type=_option_type(flag, option), default=option.default,
                            help=f"{option.help} (default: {option.default!r})")
+
+
+def _method_flags() -> dict[tuple[str, str], str]:
+    """(method, option) → its flag, ``--<method>-<option>`` (LoRA's ``alpha_ratio`` → ``--lora-alpha-ratio``)."""
+    from salience_bench.training.methods import method_options
+
+    return {(method, spec.name): f"--{method}-{spec.name}".replace("_", "-")
+            for method, options in method_options().items() for spec in dataclasses.fields(options)}
+
+
+def _add_method_options(group) -> None:
+    """One flag per option a registered training method declares (its ``Options`` dataclass), checked by it."""
+    from salience_bench.training.methods import method_options
+
+    for (method, option), flag in _method_flags().items():
+        spec = next(f for f in dataclasses.fields(method_options()[method]) if f.name == option)
+        kind = {"float": float, "int": int, "str": str, "bool": str}.get(str(getattr(spec.type, "__name__", spec.type)), str)
+        group.add_argument(flag, type=kind, default=None, metavar=option.upper(),
+                           help=f"{spec.metadata.get('help', option)} (default: {spec.default!r})")
+
+
+def method_option_values(args: argparse.Namespace) -> dict[str, dict]:
+    """The training methods' options given on the command line, as ``{method: {option: value}}``."""
+    values: dict[str, dict] = {}
+    for (method, option), flag in _method_flags().items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            values.setdefault(method, {})[option] = value
+    return values
 
 
 def scorer_option_values(args: argparse.Namespace) -> dict:
@@ -205,8 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="constant, or linear decay to 0 at the last step (default: %(default)s)")
     train.add_argument("--warmup-ratio", type=_non_negative_float, default=0.0,
                        help="fraction of the steps over which the rate warms up linearly from 0 (default: %(default)s)")
-    train.add_argument("--lora-alpha-ratio", type=_positive_float, default=2.0,
-                       help="LoRA and PiSSA scaling α = ratio · r (default: %(default)s; SPEFT's GLUE recipe: 1)")
+    _add_method_options(train)
     train.add_argument("--train-batch-size", type=_positive_int, default=32, help="default: %(default)s")
     train.add_argument("--no-group-by-length", action="store_true",
                        help="plain random batches (default: batches of similar-length examples, shuffled, as Hugging "

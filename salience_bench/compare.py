@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import salience_bench as sb
-from salience_bench.cli_options import DEFAULT_DENSITY, build_parser, scorer_option_values
+from salience_bench.cli_options import DEFAULT_DENSITY, build_parser, method_option_values, scorer_option_values
 
 def config_from_args(args: argparse.Namespace) -> sb.CompareConfig:
     """The pipeline's configuration; every check of the mask options happens in MaskSpec."""
@@ -25,7 +25,7 @@ def config_from_args(args: argparse.Namespace) -> sb.CompareConfig:
         lr=args.lr, full_lr=args.full_lr, batch_size=args.train_batch_size, weight_decay=args.weight_decay,
         eval_every=args.eval_every or 0, mask_update_every=args.mask_update_every,
         group_by_length=not args.no_group_by_length, eval_examples=args.eval_examples, lr_schedule=args.lr_schedule,
-        warmup_ratio=args.warmup_ratio, lora_alpha_ratio=args.lora_alpha_ratio, head_lr=args.head_lr,
+        warmup_ratio=args.warmup_ratio, method_options=method_option_values(args), head_lr=args.head_lr,
     ) if args.train else None
     return sb.CompareConfig(
         metrics=args.metrics, model=args.model, dataset=args.dataset, include=args.include,

@@ -37,7 +37,7 @@ from .scorers import get_scorer, resolve_metrics, resolve_options
 from .scoring import Scores, check_sum_dtype, score
 from .sharding import shard_model
 from .stats import chance_jaccard
-from .training.methods import list_baselines
+from .training.methods import check_method_options, list_baselines
 from .training.loop import RunInputs, TrainConfig, check_schedule
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -72,7 +72,7 @@ class TrainingPlan:
     eval_examples: int | None = None  # causal LMs: greedy exact match on this many evaluation prompts (None: all)
     lr_schedule: str = "constant"  # or "linear" decay to 0
     warmup_ratio: float = 0.0
-    lora_alpha_ratio: float = 2.0  # α = ratio · r for LoRA and PiSSA
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # {"lora": {"alpha_ratio": 1.0}}
     head_lr: float | None = None  # one rate for every method's task head (None: each method's own rate)
 
     def __post_init__(self) -> None:
@@ -87,7 +87,8 @@ class TrainingPlan:
         if unknown:
             raise SalienceBenchError(f"unknown baseline {unknown[0]!r}; valid: {', '.join(list_baselines())}")
         check_schedule(self.lr_schedule, self.warmup_ratio)
-        for name in ("lr", "full_lr", "weight_decay", "lora_alpha_ratio", *(("head_lr",) if self.head_lr is not None else ())):
+        object.__setattr__(self, "method_options", check_method_options(self.method_options))
+        for name in ("lr", "full_lr", "weight_decay", *(("head_lr",) if self.head_lr is not None else ())):
             value = getattr(self, name)
             if not (is_number(value) and math.isfinite(value) and value >= 0 and (value > 0 or name == "weight_decay")):
                 raise SalienceBenchError(f"{name.replace('_', '-')} {value!r} must be a finite number "
@@ -104,7 +105,7 @@ class TrainingPlan:
             score_options=dict(compare.score_options), mask_update_every=self.mask_update_every,
             include=compare.include, exclude=compare.exclude, group_by_length=self.group_by_length,
             chat_template=compare.chat_template, eval_examples=self.eval_examples, lr_schedule=self.lr_schedule,
-            warmup_ratio=self.warmup_ratio, lora_alpha_ratio=self.lora_alpha_ratio, head_lr=self.head_lr,
+            warmup_ratio=self.warmup_ratio, method_options=dict(self.method_options), head_lr=self.head_lr,
         )
         config.validate()
         return config

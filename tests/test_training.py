@@ -292,7 +292,7 @@ def test_lora_alpha_ratio_sets_peft_scaling():
     from salience_bench.training.methods.base import RunSetup
 
     model = tiny_bert()
-    config = TrainConfig(lora_alpha_ratio=1.0, mask=sb.MaskSpec(density=0.05))
+    config = TrainConfig(method_options={"lora": {"alpha_ratio": 1.0}}, mask=sb.MaskSpec(density=0.05))
     setup = RunSetup(model=model, tokenizer=None, params=sb.eligible_parameters(model), head=head_parameters(model),
                      metric=None, seed=0, config=config, train_data=None, device=torch.device("cpu"))
     method = get_method("lora")(setup)
@@ -325,3 +325,37 @@ def test_every_method_finds_its_head_for_a_shared_head_rate(name):
     assert [g.get("lr") for g in groups] == [None, 3e-3]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in heads}
     assert sum(len(g["params"]) for g in groups) == len(params)
+
+
+def test_a_lora_variant_with_one_hyperparameter_is_one_class(monkeypatch):
+    """A method's own options become its flags, reach it through the configuration, and are checked by it."""
+    from dataclasses import dataclass, field
+
+    from salience_bench.cli_options import build_parser, method_option_values
+    from salience_bench.training.methods import MethodOptions, base, get_method
+    from salience_bench.training.methods.lora import LoRA
+
+    monkeypatch.setattr(base, "_METHODS", base._METHODS.copy())
+
+    @dataclass(frozen=True)
+    class ScaledOptions(MethodOptions):
+        scale: float = field(default=0.5, metadata={"help": "α = scale · r"})
+
+    @base.register_method
+    class ScaledLoRA(LoRA):
+        name = "scaled_lora"
+        Options = ScaledOptions
+
+    args = build_parser().parse_args(["--train", "--baselines", "scaled_lora", "--scaled-lora-scale", "4"])
+    assert method_option_values(args) == {"scaled_lora": {"scale": 4.0}}
+    config = compare.config_from_args(args)
+    assert config.training.baselines == ("scaled_lora",)
+    assert get_method("scaled_lora").options_from(config.training.method_options).scale == 4.0
+    assert get_method("scaled_lora").options_from({}).scale == 0.5  # the default
+    assert "α = scale · r" in build_parser().format_help()
+    with pytest.raises(sb.SalienceBenchError, match="scaled_lora scale -1 must be a finite number > 0"):
+        sb.TrainingPlan(method_options={"scaled_lora": {"scale": -1}})
+    with pytest.raises(sb.SalienceBenchError, match="unknown option 'rank' of method 'lora'; valid: alpha_ratio"):
+        sb.TrainingPlan(method_options={"lora": {"rank": 3}})
+    with pytest.raises(sb.SalienceBenchError, match="method 'full' has no options"):
+        sb.TrainingPlan(method_options={"full": {"x": 1}})

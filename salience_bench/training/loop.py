@@ -23,7 +23,7 @@ from ..masks import MaskSpec
 from ..models import eligible_parameters
 from ..runtime import to_device
 from .measure import PeakMemory, count_flops, synchronize, timed
-from .methods import RunSetup, get_method, head_parameters
+from .methods import RunSetup, check_method_options, get_method, head_parameters
 from .sparse import optimizer_state_bytes
 
 DOWNSTREAM_COLUMNS = [
@@ -86,7 +86,7 @@ class TrainConfig:
     fixed_masks: dict = field(default_factory=dict)  # "file:<stem>" → a saved mask, trained as a metric's
     lr_schedule: str = "constant"  # or "linear": decay to 0 at the last step (transformers' schedules)
     warmup_ratio: float = 0.0  # the first round(ratio · steps) steps warm the rate up linearly from 0
-    lora_alpha_ratio: float = 2.0  # LoRA and PiSSA: α = ratio · r (SPEFT's GLUE recipe: α = r, ratio 1)
+    method_options: dict = field(default_factory=dict)  # {method: {option: value}}, e.g. {"lora": {"alpha_ratio": 1}}
     head_lr: float | None = None  # the task head's rate for every method (None: the method's own rate)
 
     def validate(self) -> None:
@@ -99,7 +99,8 @@ class TrainConfig:
             raise SalienceBenchError(f"eval-every must be ≥ 0, got {self.eval_every}")
         if self.head_lr is not None and not self.head_lr > 0:
             raise SalienceBenchError(f"head-lr must be > 0, got {self.head_lr}")
-        for name in ("lr", "full_lr", "lora_alpha_ratio"):
+        self.method_options = check_method_options(self.method_options)
+        for name in ("lr", "full_lr"):
             if not getattr(self, name) > 0:
                 raise SalienceBenchError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         check_schedule(self.lr_schedule, self.warmup_ratio)

@@ -9,6 +9,8 @@ plain loop over these calls, so a new baseline is one module with one decorated 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Mapping
 
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from ...data import Dataset
+from ...errors import SalienceBenchError, is_number
 from ...models import new_parameters
 from ...registry import Registry
 
@@ -69,10 +72,31 @@ class RunSetup:
         return self.config.mask.count(self.total, {n: p.shape for n, p in self.params.items()})
 
 
+@dataclass(frozen=True)
+class MethodOptions:
+    """A method's own hyperparameters: subclass it as a frozen dataclass (each field's ``metadata["help"]`` is its
+    ``--help`` line) and set it as the method's ``Options``. Numbers must be finite and > 0 unless a field's
+    metadata says ``minimum``; the command line gets ``--<method>-<field>`` for each field."""
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.type in (float, "float", int, "int"):
+                floor = spec.metadata.get("minimum")
+                ok = is_number(value) and math.isfinite(value) and (value > 0 if floor is None else value >= floor)
+                if not ok:
+                    raise SalienceBenchError(f"{spec.name.replace('_', '-')} {value!r} must be a finite number "
+                                             + ("> 0" if floor is None else f"≥ {floor}"))
+
+
 class TrainingMethod:
-    """Base class of a fine-tuning method; subclasses set ``name`` and implement :meth:`prepare`."""
+    """Base class of a fine-tuning method; subclasses set ``name`` and implement :meth:`prepare`.
+
+    A method with hyperparameters of its own declares them as ``Options`` (a :class:`MethodOptions` dataclass) and
+    reads them as ``self.options``; subclasses share their parent's (PiSSA reads LoRA's ``alpha_ratio``)."""
 
     name: ClassVar[str] = ""
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
     uses_metric: ClassVar[bool] = False  # True: a salience metric drives it (runs once per metric)
     trains: ClassVar[bool] = True  # False: evaluated as loaded, no optimizer and no steps (the ``base`` row)
     seeded: ClassVar[bool] = True  # False: one run at the first seed stands for all (its result does not vary)
@@ -80,8 +104,29 @@ class TrainingMethod:
     def __init__(self, setup: RunSetup):
         self.setup = setup
         self.config = setup.config
+        self.options = self.options_from(getattr(self.config, "method_options", {}))
         self.drift: list[dict] = []
         self.model: nn.Module = setup.model
+
+    @classmethod
+    def options_owner(cls) -> str:
+        """The name of the method that declares this method's ``Options`` (itself, or the parent it inherits from)."""
+        owner = next(c for c in cls.__mro__ if "Options" in c.__dict__ or c is TrainingMethod)
+        return owner.name if owner is not TrainingMethod else cls.name
+
+    @classmethod
+    def options_from(cls, method_options: Mapping[str, Mapping[str, Any]]) -> MethodOptions:
+        """This method's options out of ``{method: {option: value}}`` (defaults for what is not given), checked."""
+        given = dict(method_options.get(cls.options_owner(), {}))
+        known = [f.name for f in dataclasses.fields(cls.Options)]
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise SalienceBenchError(f"unknown option {unknown[0]!r} of method {cls.options_owner()!r}; valid: "
+                                     f"{', '.join(known) or 'none'}")
+        try:
+            return cls.Options(**given)
+        except SalienceBenchError as err:  # "lora alpha-ratio 0 must be …", as the flag reads
+            raise SalienceBenchError(f"{cls.options_owner()} {err}") from None
 
     def prepare(self) -> nn.Module:
         """Freeze and wrap ``setup.model``; return the model to train."""
@@ -145,6 +190,25 @@ def list_methods() -> list[str]:
     """Registered methods: the metric-driven ones first, then the baselines, each in registration order."""
     entries = _METHODS.entries
     return [n for n, c in entries.items() if c.uses_metric] + list_baselines()
+
+
+def method_options() -> dict[str, type[MethodOptions]]:
+    """Every registered method that declares options of its own → its ``Options`` dataclass."""
+    return {name: cls.Options for name, cls in _METHODS.entries.items() if "Options" in cls.__dict__}
+
+
+def check_method_options(given: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """``{method: {option: value}}`` checked against the methods' ``Options`` (unknown names and bad values are
+    one-line errors); returned as plain dicts (they serialise into the run configuration)."""
+    declared = method_options()
+    out = {}
+    for method, values in (given or {}).items():
+        if method not in declared:
+            raise SalienceBenchError(f"method {method!r} has no options; methods with options: "
+                                     f"{', '.join(declared) or 'none'}")
+        get_method(method).options_from({method: values})
+        out[method] = dict(values)
+    return out
 
 
 def list_baselines() -> list[str]:

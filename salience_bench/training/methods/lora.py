@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from torch import nn
 
 from ...errors import SalienceBenchError
 from ...models import weight_is_transposed
-from .base import TrainingMethod, freeze_all_but, head_modules, head_parameters, register_method
+from .base import MethodOptions, TrainingMethod, freeze_all_but, head_modules, head_parameters, register_method
 
 
 def lora_parameters_per_rank(params: Mapping[str, nn.Parameter]) -> int:
@@ -65,9 +66,16 @@ def wrap_lora(
     return with_peft(model, config, "LoRA")
 
 
+@dataclass(frozen=True)
+class LoRAOptions(MethodOptions):
+    alpha_ratio: float = field(default=2.0, metadata={"help": "LoRA and PiSSA scaling α = ratio · r (SPEFT's GLUE "
+                                                             "recipe: 1)"})
+
+
 @register_method
 class LoRA(TrainingMethod):
     name = "lora"
+    Options = LoRAOptions
     init: str | bool = True  # peft's init_lora_weights
     adapter_prefix = "lora_"  # names of the method's own trainable parameters
 
@@ -75,7 +83,7 @@ class LoRA(TrainingMethod):
         self.rank = matched_lora_rank(self.setup.target_count, self.setup.params)
         freeze_all_but(self.setup.model, {})
         self.model = wrap_lora(self.setup.model, self.setup.params, rank=self.rank, init=self.init,
-                               alpha=self.config.lora_alpha_ratio * self.rank, head=self.setup.head)
+                               alpha=self.options.alpha_ratio * self.rank, head=self.setup.head)
         return self.model
 
     def trainable_count(self) -> int:
