@@ -81,7 +81,7 @@ def rank_correlation_frame(
     metrics = list(scores)
     layers = _layers(scores)
     first = scores[metrics[0]]
-    sizes = {layer: math.prod(stats._shape_of(first, layer)) for layer in layers}
+    sizes = {layer: math.prod(stats.shape_of(first, layer)) for layer in layers}
     device = first[layers[0]].device
     results: dict[tuple[str, str, str], tuple] = {}
     pairs = list(combinations(metrics, 2))
@@ -101,7 +101,7 @@ def rank_correlation_frame(
 
 
 def _tau(x: torch.Tensor, y: torch.Tensor) -> float:
-    return math.nan if stats._has_nan([x, y]) else stats.kendall_tau_b(x, y)
+    return math.nan if stats.has_nan([x, y]) else stats.kendall_tau_b(x, y)
 
 
 def _global_rows(scores: Nested, metrics: list[str], pairs: list[tuple[str, str]], n: int, kendall_max_n: int | None,
@@ -137,7 +137,7 @@ def allocation_frame(masks: Nested) -> pd.DataFrame:
     for metric, per_layer in masks.items():
         total_numel = total_selected = 0
         for layer in per_layer:
-            numel = math.prod(stats._shape_of(per_layer, layer))
+            numel = math.prod(stats.shape_of(per_layer, layer))
             selected = per_layer.count(layer) if hasattr(per_layer, "count") else int(per_layer[layer].sum().item())
             rows.append((metric, layer, numel, selected, selected / numel))
             total_numel, total_selected = total_numel + numel, total_selected + selected

@@ -32,7 +32,7 @@ from .masks import Mask, MaskSpec
 from .models import TASKS, check_model_name, eligible_parameters, infer_task, load_model_and_tokenizer
 from .report import io as report_io
 from .report.output import OutputFolder
-from .runtime import DEVICE_CHOICES, _DEVICE, quiet_transformers, resolve_device
+from .runtime import check_device_name, quiet_transformers, resolve_device
 from .scorers import get_scorer, resolve_metrics, resolve_options
 from .scoring import Scores, check_sum_dtype, score
 from .sharding import shard_model
@@ -174,8 +174,7 @@ class CompareConfig:
             if clashing:
                 raise SalienceBenchError(f"--shard scores and compares only; {', '.join(clashing)} need the whole model "
                                          "on each process: run them without --shard")
-        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
-            raise SalienceBenchError(f"unknown device {self.device!r}; valid: {DEVICE_CHOICES}")
+        check_device_name(self.device)
         object.__setattr__(self, "score_options", resolve_options(self.score_options))
         if self.training is not None:
             unmaskable = [m for m in self.metrics if not get_scorer(m).maskable]

@@ -20,13 +20,19 @@ DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
+def check_device_name(text: str) -> str:
+    """``text`` if it names a device (auto, cpu, cuda, cuda:N, mps), else a one-line error; nothing is opened."""
+    if not isinstance(text, str) or not _DEVICE.match(text):
+        raise SalienceBenchError(f"unknown device {text!r}; valid: {DEVICE_CHOICES}")
+    return text
+
+
 def resolve_device(text: str | torch.device = "auto") -> torch.device:
     """``auto`` → this process's GPU (its own under torchrun) or the CPU; otherwise the named device,
     checked to exist here."""
     if isinstance(text, torch.device):
         return text
-    if not isinstance(text, str) or not _DEVICE.match(text):
-        raise SalienceBenchError(f"unknown device {text!r}; valid: {DEVICE_CHOICES}")
+    check_device_name(text)
     if text == "auto":
         from . import distributed
 

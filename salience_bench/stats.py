@@ -34,10 +34,10 @@ class _Pair:
             self.a, self.b, self.names = a, b, list(a)
         else:
             raise SalienceBenchError("compare a tensor with a tensor, or a dict of tensors with a dict of tensors")
-        self.shapes = [_shape_of(self.a, n) for n in self.names]
+        self.shapes = [shape_of(self.a, n) for n in self.names]
         for name, shape in zip(self.names, self.shapes):
-            if tuple(_shape_of(self.b, name)) != tuple(shape):
-                raise SalienceBenchError(f"shape mismatch: {tuple(shape)} vs {tuple(_shape_of(self.b, name))}")
+            if tuple(shape_of(self.b, name)) != tuple(shape):
+                raise SalienceBenchError(f"shape mismatch: {tuple(shape)} vs {tuple(shape_of(self.b, name))}")
         self.sizes = [math.prod(shape) for shape in self.shapes]
         self.numel = sum(self.sizes)
 
@@ -51,7 +51,7 @@ class _Pair:
             yield self.a[name], self.b[name]
 
 
-def _shape_of(mapping: Mapping[str, torch.Tensor], name: str) -> torch.Size:
+def shape_of(mapping: Mapping[str, torch.Tensor], name: str) -> torch.Size:
     """A part's shape without computing it where the mapping knows it (lazy scores, compact masks)."""
     shape_of = getattr(mapping, "shape_of", None)
     return shape_of(name) if shape_of is not None else mapping[name].shape
@@ -227,7 +227,7 @@ def rank_correlation(ra: torch.Tensor, rb: torch.Tensor, nan_flags: list[torch.T
     return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
 
 
-def _has_nan(parts) -> bool:
+def has_nan(parts) -> bool:
     return any(p.is_floating_point() and bool(torch.isnan(p).any()) for p in parts)
 
 
@@ -431,7 +431,7 @@ def kendall_with_n(
         x, y = _gather(pair.parts("a"), pair.numel), _gather(pair.parts("b"), pair.numel)
     else:
         x, y = _sampled(pair, "a", pick), _sampled(pair, "b", pick)
-    if _has_nan([x, y]):
+    if has_nan([x, y]):
         return math.nan, x.numel()
     return kendall_tau_b(x, y), x.numel()
 
