@@ -309,21 +309,11 @@ def _check_memory(params: Mapping[str, nn.Parameter], needs: Sequence[str], sum_
             "--shard under torchrun splits them over the GPUs)")
 
 
-def score(
-    model: nn.Module,
-    batches: Iterable[Mapping[str, torch.Tensor]] | None,
-    metrics: str | Sequence[str] = ("grad",),
-    *,
-    params: Mapping[str, nn.Parameter] | None = None,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    seed: int = 0,
-    options: Mapping[str, Any] | None = None,
-    progress: bool = False,
-    sum_dtype: torch.dtype | str = torch.float64,
-    deterministic: bool = True,
-    cache_bytes: int | None = None,
-) -> Scores:
+def score(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]] | None, metrics: str | Sequence[str] = ("grad",),
+          *, params: Mapping[str, nn.Parameter] | None = None, include: Sequence[str] | None = None,
+          exclude: Sequence[str] | None = None, seed: int = 0, options: Mapping[str, Any] | None = None,
+          progress: bool = False, sum_dtype: torch.dtype | str = torch.float64, deterministic: bool = True,
+          cache_bytes: int | None = None) -> Scores:
     """Scores of every requested metric for every eligible tensor.
 
     Returns :class:`Scores`: ``{metric: {param_name: float32 tensor shaped like the parameter}}``
@@ -341,20 +331,8 @@ def score(
     options = resolve_options(options)
     params = _checked_params(model, params) if params is not None else eligible_parameters(model, include, exclude)
     shards = sharded(params)
-    if shards:
-        _check_shardable(scorers)
-    shapes = {name: tuple(p.shape) for name, p in params.items()}
-    for scorer in scorers:
-        if scorer.check_shapes is not None:
-            scorer.check_shapes(shapes, options)
+    batches = _check_scorers(model, scorers, params, batches, options)
     needs = set().union(*(s.needs for s in scorers if not s.whole_model))
-    data_users = sorted(s.name for s in scorers if s.uses_data)
-    if data_users and batches is None:
-        raise SalienceBenchError(f"metrics {data_users} need scoring batches")
-    if any(s.whole_model and s.needs_data for s in scorers) and batches is not None:
-        batches = list(batches)  # more than one pass will walk them
-        for index, batch in enumerate(batches):  # model scorers run the model themselves: the same checks first
-            check_batch(model, batch, index)
     accumulated: dict[str, dict[str, torch.Tensor]] = {}
     num_batches = 0
     if needs:
@@ -365,31 +343,66 @@ def score(
     result = Scores(transposed=transposed_weights(model, params))
     if shards:
         result.server = ShardServer(params, accumulated)
-    tensor_metrics = sum(not s.whole_model for s in scorers)
-    needed = tensor_metrics * 4 * sum(p.numel() for p in params.values())
-    cache = ScoreCache(default_cache_bytes(local_tensor(next(iter(params.values()))).device, needed)
-                       if cache_bytes is None else cache_bytes)
+    cache = _score_cache(scorers, params, cache_bytes)
     for scorer in scorers:
         if scorer.whole_model:
-            value = scorer(ModelContext(model=model, params=params, batches=batches, seed=seed, options=options))
-            if scorer.network_level:
-                number = float(value)
-                if not torch.isfinite(torch.tensor(number)):
-                    raise SalienceBenchError(f"metric {scorer.name!r} produced {number}")
-                result.network[scorer.name] = number
-                continue
-            per_tensor = dict(value)
-            result[scorer.name] = _checked(scorer.name, per_tensor, params)
+            _run_model_scorer(scorer, ModelContext(model=model, params=params, batches=batches, seed=seed,
+                                                   options=options), result)
         else:
             # Computed when read; their inputs (weights, accumulators) are checked once below, and the scores
             # themselves wherever they are consumed (masks refuse NaN/inf, rank statistics return NaN).
             result[scorer.name] = MetricScores(scorer, params, accumulated, seed=seed, num_batches=num_batches,
                                                options=options, server=result.server, cache=cache)
     if any(not s.whole_model for s in scorers):
-        _check_finite("the weights", {n: local_tensor(p).detach() for n, p in params.items()}, shards)
-        for need, per_tensor in accumulated.items():
-            _check_finite(f"accumulator {need!r}", per_tensor, shards)
+        _check_inputs_finite(params, accumulated, shards)
     return result
+
+
+def _score_cache(scorers: Sequence, params: Mapping[str, nn.Parameter], cache_bytes: int | None) -> ScoreCache:
+    if cache_bytes is not None:
+        return ScoreCache(cache_bytes)
+    needed = sum(not s.whole_model for s in scorers) * 4 * sum(p.numel() for p in params.values())
+    return ScoreCache(default_cache_bytes(local_tensor(next(iter(params.values()))).device, needed))
+
+
+def _check_inputs_finite(params: Mapping[str, nn.Parameter], accumulated: Mapping[str, Mapping[str, torch.Tensor]],
+                         shards: bool) -> None:
+    """The inputs of scores computed on access, checked once: weights and accumulators all finite."""
+    _check_finite("the weights", {n: local_tensor(p).detach() for n, p in params.items()}, shards)
+    for need, per_tensor in accumulated.items():
+        _check_finite(f"accumulator {need!r}", per_tensor, shards)
+
+
+def _check_scorers(model: nn.Module, scorers: Sequence, params: Mapping[str, nn.Parameter], batches,
+                   options: Mapping[str, Any]):
+    """Every check before the pass: shardable metrics, each scorer's own shape check, batches for the metrics that
+    need data (checked up front, and listed, for model scorers that walk them again). Returns the batches."""
+    if sharded(params):
+        _check_shardable(scorers)
+    shapes = {name: tuple(p.shape) for name, p in params.items()}
+    for scorer in scorers:
+        if scorer.check_shapes is not None:
+            scorer.check_shapes(shapes, options)
+    data_users = sorted(s.name for s in scorers if s.uses_data)
+    if data_users and batches is None:
+        raise SalienceBenchError(f"metrics {data_users} need scoring batches")
+    if any(s.whole_model and s.needs_data for s in scorers) and batches is not None:
+        batches = list(batches)  # more than one pass will walk them
+        for index, batch in enumerate(batches):  # model scorers run the model themselves: the same checks first
+            check_batch(model, batch, index)
+    return batches
+
+
+def _run_model_scorer(scorer, context: ModelContext, result: Scores) -> None:
+    """A model scorer's per-tensor scores into ``result`` (checked), or its one finite number into ``result.network``."""
+    value = scorer(context)
+    if scorer.network_level:
+        number = float(value)
+        if not torch.isfinite(torch.tensor(number)):
+            raise SalienceBenchError(f"metric {scorer.name!r} produced {number}")
+        result.network[scorer.name] = number
+    else:
+        result[scorer.name] = _checked(scorer.name, dict(value), context.params)
 
 
 def _check_shardable(scorers: Sequence) -> None:

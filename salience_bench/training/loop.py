@@ -265,15 +265,8 @@ def _units(batch: dict) -> int:
     return int(units.sum()) if units is not None else batch_examples(batch)
 
 
-def run_one(
-    method: str,
-    metric: str | None,
-    seed: int,
-    config: TrainConfig,
-    inputs: RunInputs,
-    *,
-    progress: bool = True,
-) -> RunResult:
+def run_one(method: str, metric: str | None, seed: int, config: TrainConfig, inputs: RunInputs, *,
+            progress: bool = True) -> RunResult:
     """Fine-tune a fresh model (``inputs.load_model(seed)``) with ``method`` and measure it."""
     method_class = get_method(method)
     train_data, device = inputs.train_data, inputs.device
@@ -302,15 +295,7 @@ def run_one(
     with PeakMemory(device) as peak:
         cost = _train(trainer, model, tokenizer, config, inputs, seed, label, evaluate_into_curve,
                       progress=progress) if steps else _TrainingCost()
-    results = evaluate_into_curve(steps)
-    examples = exact_match_examples(config, inputs.eval_data)
-    if examples:
-        results["eval_accuracy"] = exact_match(
-            model, tokenizer, inputs.eval_data, examples=examples, max_length=config.max_length,
-            max_new_tokens=config.max_new_tokens, chat_template=config.chat_template, device=device,
-            batch_size=config.eval_batch_size, progress=progress)
-    if inputs.eval_data.task == "causal-lm":
-        results.update(exact_match_columns(results["eval_accuracy"], examples))
+    results = {**evaluate_into_curve(steps), **_exact_match(model, tokenizer, config, inputs, progress=progress)}
     timed_steps = max(steps - 1, 1)
     row = dict(
         method=method, **{k: record[k] for k in ("metric", "density", "scope", "mask_schedule")}, seed=seed,
@@ -323,6 +308,19 @@ def run_one(
     )
     losses = [dict(**ids, step=i, train_loss=loss) for i, loss in enumerate(cost.losses, 1)]
     return RunResult(row, trainer.drift, curve, losses)
+
+
+def _exact_match(model: nn.Module, tokenizer, config: TrainConfig, inputs: RunInputs, *, progress: bool) -> dict:
+    """A causal LM's exact match on ``eval_examples`` prompts (``eval_accuracy``), its count and Wilson interval;
+    nothing for a classifier."""
+    if inputs.eval_data.task != "causal-lm":
+        return {}
+    examples = exact_match_examples(config, inputs.eval_data)
+    accuracy = exact_match(
+        model, tokenizer, inputs.eval_data, examples=examples, max_length=config.max_length,
+        max_new_tokens=config.max_new_tokens, chat_template=config.chat_template, device=inputs.device,
+        batch_size=config.eval_batch_size, progress=progress) if examples else math.nan
+    return dict(eval_accuracy=accuracy, **exact_match_columns(accuracy, examples))
 
 
 @dataclass
