@@ -100,3 +100,26 @@ def causal_lm_per_example_reference(model, batches, names):
     wanda = {n + ".weight": params[n + ".weight"].detach().double().abs() * norms[n].detach().sqrt() for n in modules}
     return {"grad": {n: g.abs() for n, g in mean_grad.items()}, "fisher": {n: f / count for n, f in fisher.items()},
             "wanda": wanda}
+
+
+def input_squared_norms(model, batches, names):
+    """Σ x_j² over every real token, each example run alone and unpadded, the inputs read by forward hooks."""
+    modules = {n: model.get_submodule(n.rsplit(".", 1)[0]) for n in names}
+    sums = {n: torch.zeros(1, m.weight.shape[1], dtype=torch.float64) for n, m in modules.items()}
+
+    def record(name):
+        def hook(module, inputs, output):
+            sums[name] += inputs[0].double().reshape(-1, inputs[0].shape[-1]).square().sum(0)
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in modules.items()]
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            for i in range(batch["input_ids"].shape[0]):
+                length = int(batch["attention_mask"][i].sum())
+                model(**{k: v[i:i + 1, :length] for k, v in batch.items() if k != "labels"})
+    for handle in handles:
+        handle.remove()
+    return sums

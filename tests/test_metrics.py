@@ -12,7 +12,7 @@ from torch import nn
 import salience_bench as sb
 
 from .conftest import tiny_bert
-from .reference import example_squared_gradient, mean_gradient, per_batch_gradients
+from .reference import example_squared_gradient, input_squared_norms, mean_gradient, per_batch_gradients
 from .scorer_tester import check_scorer
 
 
@@ -226,26 +226,8 @@ def test_synflow_swaps_modules_instead_of_patching_forward(model):
 
 def test_wanda_matches_unpadded_per_example_activations():
     def reference(model, batches, names):
-        modules = {n: m for n, m in model.named_modules() if n + ".weight" in names}
-        sums = {n: torch.zeros(m.in_features, dtype=torch.float64) for n, m in modules.items()}
-
-        def record(name):
-            def hook(module, inputs, output):  # returns None: a returned value would replace the output
-                sums[name].add_(inputs[0].double().pow(2).sum(dim=(0, 1)))
-
-            return hook
-
-        handles = [m.register_forward_hook(record(n)) for n, m in modules.items()]
-        model.eval()
-        with torch.no_grad():
-            for batch in batches:
-                for i in range(batch["labels"].shape[0]):
-                    length = int(batch["attention_mask"][i].sum())
-                    model(**{k: v[i : i + 1, :length] for k, v in batch.items() if k != "labels"})
-        for h in handles:
-            h.remove()
-        params = dict(model.named_parameters())
-        return {n + ".weight": params[n + ".weight"].detach().double().abs() * sums[n].sqrt() for n in modules}
+        sums = input_squared_norms(model, batches, names)  # Σ x_j² over real tokens, one example at a time
+        return {n: w.double().abs() * sums[n].sqrt() for n, w in weights(model, names).items()}
 
     check_scorer("wanda", reference, atol_scale=1e-6)
 
