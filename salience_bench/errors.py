@@ -17,3 +17,10 @@ def is_int(value: object) -> bool:
 def is_number(value: object) -> bool:
     """An int or a float, ``bool`` excluded."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_at_least(owner: object, name: str, floor: int, hint: str = "") -> None:
+    """``owner.name`` an integer ≥ ``floor``, else a one-line error naming it as its flag reads (``max-length``)."""
+    value = getattr(owner, name)
+    if not is_int(value) or value < floor:
+        raise SalienceBenchError(f"{name.replace('_', '-')} must be an integer ≥ {floor}{hint}, got {value!r}")

@@ -14,7 +14,6 @@ builds masks and tables and writes.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -27,7 +26,7 @@ import torch
 from . import analysis, distributed, gguf_models
 from .data import (Dataset, check_dataset_name, dataset_task, headline_metric, load_dataset, load_eval_dataset,
                    make_batches)
-from .errors import SalienceBenchError, is_int, is_number
+from .errors import SalienceBenchError, check_at_least
 from .masks import Mask, MaskSpec
 from .models import TASKS, check_model_name, eligible_parameters, infer_task, load_model_and_tokenizer
 from .report import io as report_io
@@ -37,8 +36,8 @@ from .scorers import get_scorer, resolve_metrics, resolve_options
 from .scoring import Scores, check_sum_dtype, score
 from .sharding import shard_model
 from .stats import chance_jaccard
-from .training.methods import check_method_options, list_baselines
-from .training.loop import RunInputs, TrainConfig, check_schedule
+from .training.methods import list_baselines
+from .training.loop import RunInputs, TrainConfig, TrainingHyperparameters
 
 DTYPES = ("float32", "bfloat16", "float16")
 Log = Callable[..., None]
@@ -48,67 +47,35 @@ def _silent(*_: Any) -> None:
     pass
 
 
-def _positive_ints(owner: object, names: Sequence[str]) -> None:
-    for name in names:
-        value = getattr(owner, name)
-        if not is_int(value) or value < 1:
-            raise SalienceBenchError(f"{name.replace('_', '-')} must be an integer ≥ 1, got {value!r}")
-
-
-@dataclass(frozen=True)
-class TrainingPlan:
-    """The downstream runs of a comparison: sparse FT per metric plus ``baselines``, per seed."""
+@dataclass
+class TrainingPlan(TrainingHyperparameters):
+    """The downstream runs of a comparison: sparse FT per metric plus ``baselines``, per seed, with the shared
+    hyperparameters (:class:`~salience_bench.training.loop.TrainingHyperparameters`, checked there)."""
 
     baselines: tuple[str, ...] = ("full", "lora", "pissa")
     seeds: tuple[int, ...] | None = None  # None: the comparison's seed
-    steps: int = 300
-    lr: float = 5e-4
-    full_lr: float = 5e-5
-    batch_size: int = 32
-    weight_decay: float = 0.0
-    eval_every: int = 0
-    mask_update_every: int | None = None
-    group_by_length: bool = True
-    eval_examples: int | None = None  # causal LMs: greedy exact match on this many evaluation prompts (None: all)
-    lr_schedule: str = "constant"  # or "linear" decay to 0
-    warmup_ratio: float = 0.0
-    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # {"lora": {"alpha_ratio": 1.0}}
-    head_lr: float | None = None  # one rate for every method's task head (None: each method's own rate)
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        super().validate()
         baselines = tuple(dict.fromkeys(self.baselines))
         if "none" in baselines and len(baselines) > 1:
             raise SalienceBenchError(f"baselines {','.join(baselines)}: 'none' (no baseline) cannot be combined with "
                                      f"others; valid: a list from {', '.join(list_baselines())}, or none")
-        object.__setattr__(self, "baselines", tuple(b for b in baselines if b != "none"))
-        if self.eval_examples is not None and (not is_int(self.eval_examples) or self.eval_examples < 0):
-            raise SalienceBenchError(f"eval-examples {self.eval_examples!r} must be an integer ≥ 0 or all")
+        self.baselines = tuple(b for b in baselines if b != "none")
         unknown = [b for b in self.baselines if b not in list_baselines()]
         if unknown:
             raise SalienceBenchError(f"unknown baseline {unknown[0]!r}; valid: {', '.join(list_baselines())}")
-        check_schedule(self.lr_schedule, self.warmup_ratio)
-        object.__setattr__(self, "method_options", check_method_options(self.method_options))
-        for name in ("lr", "full_lr", "weight_decay", *(("head_lr",) if self.head_lr is not None else ())):
-            value = getattr(self, name)
-            if not (is_number(value) and math.isfinite(value) and value >= 0 and (value > 0 or name == "weight_decay")):
-                raise SalienceBenchError(f"{name.replace('_', '-')} {value!r} must be a finite number "
-                                         f"{'≥ 0' if name == 'weight_decay' else '> 0'}")
         if self.seeds is not None:
-            object.__setattr__(self, "seeds", tuple(dict.fromkeys(self.seeds)))
+            self.seeds = tuple(dict.fromkeys(self.seeds))
 
     def train_config(self, compare: "CompareConfig") -> TrainConfig:
         """The per-run settings; mask, scoring data and eligible tensors come from the comparison."""
-        config = TrainConfig(
-            steps=self.steps, lr=self.lr, full_lr=self.full_lr, batch_size=self.batch_size,
-            max_length=compare.max_length, weight_decay=self.weight_decay, eval_every=self.eval_every,
-            mask=compare.mask, score_batches=compare.batches, score_batch_size=compare.batch_size,
-            score_options=dict(compare.score_options), mask_update_every=self.mask_update_every,
-            include=compare.include, exclude=compare.exclude, group_by_length=self.group_by_length,
-            chat_template=compare.chat_template, eval_examples=self.eval_examples, lr_schedule=self.lr_schedule,
-            warmup_ratio=self.warmup_ratio, method_options=dict(self.method_options), head_lr=self.head_lr,
+        return TrainConfig(
+            **self.hyperparameters(), max_length=compare.max_length, mask=compare.mask,
+            score_batches=compare.batches, score_batch_size=compare.batch_size,
+            score_options=dict(compare.score_options), include=compare.include, exclude=compare.exclude,
+            chat_template=compare.chat_template,
         )
-        config.validate()
-        return config
 
 
 @dataclass(frozen=True)
@@ -161,9 +128,9 @@ class CompareConfig:
             object.__setattr__(self, name, tuple(value) if value else None)
         if not isinstance(self.mask, MaskSpec):
             raise SalienceBenchError(f"mask must be a MaskSpec, got {type(self.mask).__name__}")
-        _positive_ints(self, ("batches", "batch_size", "max_length", "kendall_sample"))
-        if self.max_memory is not None:
-            _positive_ints(self, ("max_memory",))
+        for name in ("batches", "batch_size", "max_length", "kendall_sample", *(("max_memory",) if self.max_memory
+                                                                                  is not None else ())):
+            check_at_least(self, name, 1)
         if self.dtype not in DTYPES:
             raise SalienceBenchError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
         check_sum_dtype(self.sum_dtype)

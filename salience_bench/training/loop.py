@@ -7,9 +7,10 @@ them and counted separately.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..data import (Dataset, PromptDataset, batch_examples, encode_prompts, final_number, loss_units, make_batches,
                     training_stream)
-from ..errors import SalienceBenchError, is_number
+from ..errors import SalienceBenchError, check_at_least, is_int, is_number
 from ..masks import MaskSpec
 from ..models import eligible_parameters
 from ..runtime import to_device
@@ -63,47 +64,70 @@ def curve_columns(task: str) -> list[str]:
 
 
 @dataclass
-class TrainConfig:
+class TrainingHyperparameters:
+    """The fine-tuning settings a study's runs share. Their defaults and checks live here only: the command line's
+    defaults are read from these fields, :class:`~salience_bench.pipeline.TrainingPlan` (a comparison's runs) and
+    :class:`TrainConfig` (one run's full settings) extend it."""
+
     steps: int = 300
     lr: float = 5e-4  # sparse, LoRA, PiSSA
     full_lr: float = 5e-5  # full fine-tuning
     batch_size: int = 32
-    max_length: int = 64
     weight_decay: float = 0.0
     eval_every: int = 0  # 0: evaluate once, at the end
     eval_batch_size: int = 128
-    mask: MaskSpec = field(default_factory=lambda: MaskSpec(density=0.01))
-    score_batches: int = 8  # scoring batches for the initial mask
-    score_batch_size: int = 32
     mask_update_every: int | None = None  # dynamic masks: re-score and re-select every U steps
     group_by_length: bool = True  # batches of similar-length examples: much less padding
-    score_options: dict = field(default_factory=dict)  # scorer settings (lift_rank, block_size)
-    include: Sequence[str] | None = None
-    exclude: Sequence[str] | None = None
-    chat_template: bool = True  # prompt/completion data: the tokenizer's chat template, when it has one
     eval_examples: int | None = None  # causal LMs: greedy exact match on this many eval prompts (None: all, 0: none)
     max_new_tokens: int = 256  # … generating at most this many tokens each
-    fixed_masks: dict = field(default_factory=dict)  # "file:<stem>" → a saved mask, trained as a metric's
     lr_schedule: str = "constant"  # or "linear": decay to 0 at the last step (transformers' schedules)
     warmup_ratio: float = 0.0  # the first round(ratio · steps) steps warm the rate up linearly from 0
     method_options: dict = field(default_factory=dict)  # {method: {option: value}}, e.g. {"lora": {"alpha_ratio": 1}}
     head_lr: float | None = None  # the task head's rate for every method (None: the method's own rate)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "max_length", "eval_batch_size", "score_batches", "score_batch_size"):
-            if getattr(self, name) < 1:
-                raise SalienceBenchError(f"{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
-        if self.mask_update_every is not None and self.mask_update_every < 1:
-            raise SalienceBenchError(f"mask-update-every must be ≥ 1 (or omitted for a static mask), got {self.mask_update_every}")
-        if self.eval_every < 0:
-            raise SalienceBenchError(f"eval-every must be ≥ 0, got {self.eval_every}")
-        if self.head_lr is not None and not self.head_lr > 0:
-            raise SalienceBenchError(f"head-lr must be > 0, got {self.head_lr}")
-        self.method_options = check_method_options(self.method_options)
-        for name in ("lr", "full_lr"):
-            if not getattr(self, name) > 0:
-                raise SalienceBenchError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        """Every setting checked, each with a one-line error naming it and its valid range."""
+        for name in ("steps", "batch_size", "eval_batch_size", "max_new_tokens"):
+            check_at_least(self, name, 1)
+        check_at_least(self, "eval_every", 0)
+        if self.mask_update_every is not None:
+            check_at_least(self, "mask_update_every", 1, " (or omitted for a static mask)")
+        if self.eval_examples is not None and (not is_int(self.eval_examples) or self.eval_examples < 0):
+            raise SalienceBenchError(f"eval-examples {self.eval_examples!r} must be an integer ≥ 0 or all")
+        for name in ("lr", "full_lr", "weight_decay", *(("head_lr",) if self.head_lr is not None else ())):
+            value = getattr(self, name)
+            if not (is_number(value) and math.isfinite(value) and value >= 0 and (value > 0 or name == "weight_decay")):
+                raise SalienceBenchError(f"{name.replace('_', '-')} {value!r} must be a finite number "
+                                         f"{'≥ 0' if name == 'weight_decay' else '> 0'}")
         check_schedule(self.lr_schedule, self.warmup_ratio)
+        self.method_options = check_method_options(self.method_options)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """These settings by name (what a :class:`TrainingPlan` hands each run's :class:`TrainConfig`)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainingHyperparameters)}
+
+
+@dataclass
+class TrainConfig(TrainingHyperparameters):
+    """One run's settings: the shared hyperparameters plus what the comparison fixes (mask, scoring data, tensors)."""
+
+    max_length: int = 64
+    mask: MaskSpec = field(default_factory=lambda: MaskSpec(density=0.01))
+    score_batches: int = 8  # scoring batches for the initial mask
+    score_batch_size: int = 32
+    score_options: dict = field(default_factory=dict)  # scorer settings (lift_rank, block_size)
+    include: Sequence[str] | None = None
+    exclude: Sequence[str] | None = None
+    chat_template: bool = True  # prompt/completion data: the tokenizer's chat template, when it has one
+    fixed_masks: dict = field(default_factory=dict)  # "file:<stem>" → a saved mask, trained as a metric's
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("max_length", "score_batches", "score_batch_size"):
+            check_at_least(self, name, 1)
 
     def scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         """transformers' schedule for this run: linear warm-up over ``warmup_ratio`` of the steps, then constant
