@@ -8,6 +8,7 @@ import math
 import re
 
 import salience_bench as sb
+from salience_bench.masks import MASK_SCOPES, MASK_STRUCTURES, get_scope, get_structure
 from salience_bench.training.loop import LR_SCHEDULES
 
 # Every default is the library's own (a dataclass field's), so the CLI and the Python API cannot drift apart.
@@ -183,10 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--density", type=_density, default=None,
                       help=f"fraction of eligible weights to select, in (0, 1] (default: {DEFAULT_DENSITY})")
     size.add_argument("--k", type=_positive_int, default=None, help="absolute number of weights to select (global scope)")
-    mask.add_argument("--scope", choices=("global", "layer", "lora"), default="global",
-                      help="global: one top-k over all tensors (SPEFT); layer: each tensor keeps its own fraction; "
-                           "lora: each tensor gets exactly r·(m+n) entries, LoRA's count layer by layer (--rank) "
-                           "(default: %(default)s)")
+    scopes, structures = list(MASK_SCOPES.entries), list(MASK_STRUCTURES.entries)  # what is registered now
+    mask.add_argument("--scope", choices=scopes, default=sb.MaskSpec.scope,
+                      help="; ".join(f"{n}: {get_scope(n).help}" for n in scopes) + " (default: %(default)s)")
     mask.add_argument("--rank", type=_positive_int, default=None, metavar="R",
                       help="the r of --scope lora (and of --export-peft's SHiRA adapters)")
     mask.add_argument("--save-masks", action="store_true",
@@ -197,10 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     mask.add_argument("--export-peft", default=None, metavar="DIR",
                       help="write a peft SHiRA adapter per metric to DIR/<metric> whose trainable entries are the "
                            "mask (needs --scope lora --rank R)")
-    mask.add_argument("--structure", choices=("unstructured", "row", "block", "nm"), default="unstructured",
-                      help="unstructured; row: the same fraction of every output row (Wanda); block: "
-                           "--block-size² tiles ranked by summed score (SMT); nm: N of every M consecutive inputs "
-                           "(--nm, density fixed at N/M) (default: %(default)s)")
+    mask.add_argument("--structure", choices=structures, default=sb.MaskSpec.structure,
+                      help="; ".join(f"{n}: {get_structure(n).help}" for n in structures) + " (default: %(default)s)")
     mask.add_argument("--block-size", type=_positive_int, default=64,
                       help="tile side for --structure block and the smt_block metric (default: %(default)s)")
     mask.add_argument("--nm", type=_nm, default=(2, 4), metavar="N:M", help="N:M pattern for --structure nm (default: 2:4)")

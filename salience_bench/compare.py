@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Sequence
 
 import salience_bench as sb
+from salience_bench.masks import get_scope, get_structure
 from salience_bench.cli_options import DEFAULT_DENSITY, build_parser, method_option_values, scorer_option_values
 
 def config_from_args(args: argparse.Namespace) -> sb.CompareConfig:
     """The pipeline's configuration; every check of the mask options happens in MaskSpec."""
-    sized = args.density is not None or args.k is not None or args.structure == "nm" or args.scope == "lora"
+    sized = (args.density is not None or args.k is not None or get_scope(args.scope).sizes_itself
+             or get_structure(args.structure).sizes_itself)  # else the default density
     mask = sb.MaskSpec(density=args.density if sized else DEFAULT_DENSITY, k=args.k, scope=args.scope,
                        structure=args.structure, block_size=args.block_size, nm=args.nm, rank=args.rank)
     training = sb.TrainingPlan(

@@ -120,7 +120,7 @@ class CompareConfig:
         for path in self.load_masks:
             if not Path(path).is_file():
                 raise SalienceBenchError(f"mask file {path!r} does not exist")
-        if self.export_peft is not None and self.mask.scope != "lora":
+        if self.export_peft is not None and self.mask.rank is None:  # SHiRA trains r·(m+n) per layer: a rank's budget
             raise SalienceBenchError("--export-peft builds SHiRA adapters, which train r·(m+n) entries per layer: "
                                      "use --scope lora --rank R")
         for name in ("include", "exclude"):
@@ -469,7 +469,7 @@ def _comparison_figures(fig_dir: Path, result: Comparison) -> list[str]:
         written += figures.save(figures.pair_heatmap(
             rho, title=f"Rank correlation of scores (all weights){note}",
             colorbar_label="Spearman ρ", vmin=-1, vmax=1, cmap="vlag"), fig_dir, "spearman_heatmap")
-    written += figures.save(figures.allocation_plot(result.allocation, density=density if spec.scope == "global" else None,
+    written += figures.save(figures.allocation_plot(result.allocation, density=density if spec.scope_kind.one_threshold else None,
                                                     title=f"Per-layer allocation of {what}"), fig_dir, "allocation")
     return [str(p.relative_to(fig_dir.parent)) for p in written]
 

@@ -232,3 +232,32 @@ def test_row_and_nm_masks_follow_output_rows_whatever_the_weight_layout(tiny_cau
                 count = round(0.25 * width) if structure == "row" else 2
                 expected = brute_force_top_k({"g": by_output[row, start:stop]}, count)["g"]
                 assert torch.equal(selected[row, start:stop], expected), (name, row, start)
+
+
+def test_a_new_structure_is_one_class_the_cli_lists(monkeypatch):
+    from salience_bench.masks import structures
+    from salience_bench.masks.select import _row_mask
+
+    from salience_bench import cli_options
+
+    monkeypatch.setattr(structures, "MASK_STRUCTURES", structures.MASK_STRUCTURES.copy())
+    monkeypatch.setattr(cli_options, "MASK_STRUCTURES", structures.MASK_STRUCTURES)
+
+    @structures.register_structure
+    class Column(structures.MaskStructure):
+        name = "column"
+        help = "the same fraction of every input column"
+        takes_k = False
+
+        def select(self, spec, scope, scores, shapes, transposed):
+            return structures._per_output_row(lambda s: _row_mask(s.T, spec.density).T, scores, shapes, transposed)
+
+    scores = random_scores(seed=9, shapes=((12, 20),), integer=True)
+    mask = sb.MaskSpec(density=0.25, structure="column").apply(scores)
+    assert mask["t0"].sum(0).tolist() == [3] * 20  # round(0.25 · 12) of every column
+    assert sb.MaskSpec(density=0.25, structure="column").describe() == "top-25.00% masks (global, column)"
+    with pytest.raises(sb.SalienceBenchError, match="structure 'column' selects a fraction of every row; use density"):
+        sb.MaskSpec(k=3, structure="column")
+    parser = cli_options.build_parser()
+    assert "column: the same fraction of every input column" in " ".join(parser.format_help().split())
+    assert parser.parse_args(["--structure", "column"]).structure == "column"
