@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 from .errors import SalienceBenchError
 
@@ -26,6 +26,15 @@ class Registry(Generic[T]):
         if name not in self.entries:
             raise SalienceBenchError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.entries)}")
         return self.entries[name]
+
+    def instances(self) -> Callable[[type], type]:
+        """A class decorator registering an instance of the class under its ``name`` (mask scopes, structures)."""
+
+        def register(cls: type) -> type:
+            self.add(cls.name, cls())
+            return cls
+
+        return register
 
     def copy(self) -> "Registry[T]":
         clone = Registry[T](self.kind)

@@ -240,8 +240,7 @@ def test_a_new_structure_is_one_class_the_cli_lists(monkeypatch):
 
     from salience_bench import cli_options
 
-    monkeypatch.setattr(structures, "MASK_STRUCTURES", structures.MASK_STRUCTURES.copy())
-    monkeypatch.setattr(cli_options, "MASK_STRUCTURES", structures.MASK_STRUCTURES)
+    monkeypatch.setattr(structures.MASK_STRUCTURES, "entries", dict(structures.MASK_STRUCTURES.entries))
 
     @structures.register_structure
     class Column(structures.MaskStructure):

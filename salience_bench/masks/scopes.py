@@ -58,16 +58,8 @@ class MaskScope:
 
 
 MASK_SCOPES: Registry[MaskScope] = Registry("scope")
-
-
-def register_scope(cls: type[MaskScope]) -> type[MaskScope]:
-    """Class decorator: make ``cls`` the mask scope ``cls.name``."""
-    MASK_SCOPES.add(cls.name, cls())
-    return cls
-
-
-def get_scope(name: str) -> MaskScope:
-    return MASK_SCOPES.get(name)
+register_scope = MASK_SCOPES.instances()  # class decorator: the scope ``cls.name``
+get_scope = MASK_SCOPES.get
 
 
 @register_scope

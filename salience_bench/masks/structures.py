@@ -72,16 +72,8 @@ class MaskStructure:
 
 
 MASK_STRUCTURES: Registry[MaskStructure] = Registry("structure")
-
-
-def register_structure(cls: type[MaskStructure]) -> type[MaskStructure]:
-    """Class decorator: make ``cls`` the mask structure ``cls.name``."""
-    MASK_STRUCTURES.add(cls.name, cls())
-    return cls
-
-
-def get_structure(name: str) -> MaskStructure:
-    return MASK_STRUCTURES.get(name)
+register_structure = MASK_STRUCTURES.instances()  # class decorator: the structure ``cls.name``
+get_structure = MASK_STRUCTURES.get
 
 
 def _per_output_row(select, scores: Mapping[str, torch.Tensor], shapes: Shapes, transposed: Collection[str]) -> MaskSet:
