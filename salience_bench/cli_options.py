@@ -9,6 +9,7 @@ import re
 
 import salience_bench as sb
 from salience_bench.sources import describe_sources
+from salience_bench.tasks import get_task, list_tasks
 from salience_bench.masks import MASK_SCOPES, MASK_STRUCTURES, get_scope, get_structure
 from salience_bench.training.loop import LR_SCHEDULES
 
@@ -169,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "'stsb' (pairs, regression) — all bundled — or 'hf:<name>[/<config>]'; causal LM "
                            "(prompt → completion, loss on the completion): 'gsm8k' (bundled) or 'jsonl:PATH' with "
                            "prompt/completion, question/answer or instruction/output fields (default: %(default)s)")
-    what.add_argument("--task", choices=("auto", "classification", "causal-lm"), default="auto", help="auto: a "
-                      "checkpoint with a next-token head is a causal LM, else a new classification head (default: auto)")
+    what.add_argument("--task", choices=("auto", *list_tasks()), default=_COMPARE.task, help="auto: from the checkpoint "
+                      "(a next-token head is a causal LM, else a new classification head); "
+                      + "; ".join(f"{name}: {get_task(name).help}" for name in list_tasks()) + " (default: %(default)s)")
     what.add_argument("--no-chat-template", action="store_true",
                       help="prompt/completion data: plain 'prompt\\n' instead of the tokenizer's chat template")
     what.add_argument("--include", type=_listed(str, "glob patterns"), default=None, metavar="GLOBS",

@@ -11,6 +11,8 @@ from torch import nn
 
 from .errors import SalienceBenchError
 from .sources import BUNDLED_MODEL, bundled_model_path, resolve_model
+from .tasks import get_task, list_tasks
+from .tasks import infer_task as infer_task_of
 
 _BLOCK_INDEX = re.compile(r"(^|\.)\d+\.")
 
@@ -27,8 +29,7 @@ def check_model_name(model: str, *, log: Callable[[str], None] | None = None) ->
     return resolve_model(model, log=log)
 
 
-TASKS = ("classification", "causal-lm")
-_CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")  # transformers' naming of next-token-prediction heads
+TASKS = tuple(list_tasks())
 
 
 def _conv1d_type() -> type | None:
@@ -63,15 +64,15 @@ def transposed_weights(model: nn.Module, params: Mapping[str, nn.Parameter]) -> 
 
 
 def infer_task(model: str) -> str:
-    """``causal-lm`` for a checkpoint whose saved architecture is a next-token head, else ``classification``."""
+    """The task a checkpoint is for, from its saved architecture (:func:`salience_bench.tasks.infer_task`: a
+    next-token head is a causal LM, anything else gets a classification head)."""
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(check_model_name(model))
     except Exception as err:  # the same boundary as loading: any failure is a bad model argument
         raise SalienceBenchError(f"cannot read the config of model {model!r}: {str(err).strip().splitlines()[0]}") from err
-    architectures = getattr(config, "architectures", None) or []
-    return "causal-lm" if any(a.endswith(_CAUSAL_HEADS) for a in architectures) else "classification"
+    return infer_task_of(config)
 
 
 def load_model_and_tokenizer(
@@ -84,7 +85,7 @@ def load_model_and_tokenizer(
     (``seed`` fixes it, so the same seed gives the same gradients and masks). ``causal-lm``: the
     checkpoint's own language-model head. ``auto``: from the checkpoint (see :func:`infer_task`).
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if task == "auto":
         task = infer_task(model)
@@ -95,11 +96,7 @@ def load_model_and_tokenizer(
     options = {"dtype": dtype} if dtype is not None else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        if task == "causal-lm":
-            net, loading = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **options)
-        else:
-            net, loading = AutoModelForSequenceClassification.from_pretrained(  # a head of another size is replaced
-                path, num_labels=num_labels, ignore_mismatched_sizes=True, output_loading_info=True, **options)
+        net, loading = get_task(task).load_model(path, num_labels=num_labels, options=options)
     except Exception as err:  # transformers, safetensors and the hub raise many types for a bad checkpoint
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SalienceBenchError(

@@ -36,7 +36,8 @@ from .scorers import get_scorer, resolve_metrics, resolve_options
 from .scoring import Scores, check_sum_dtype, score
 from .sharding import shard_model
 from .stats import chance_jaccard
-from .training.methods import list_baselines
+from .tasks import get_task
+from .training.methods import get_method, list_baselines
 from .training.loop import RunInputs, TrainConfig, TrainingHyperparameters
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -115,7 +116,7 @@ class CompareConfig:
         if self.task != "auto" and self.task != dataset_task(self.dataset):
             raise SalienceBenchError(_task_mismatch(self.task, self.dataset))
         if self.max_length is None:
-            object.__setattr__(self, "max_length", 512 if dataset_task(self.dataset) == "causal-lm" else 64)
+            object.__setattr__(self, "max_length", get_task(dataset_task(self.dataset)).default_max_length)
         object.__setattr__(self, "load_masks", tuple(str(p) for p in self.load_masks))
         for path in self.load_masks:
             if not Path(path).is_file():
@@ -164,11 +165,7 @@ class CompareConfig:
 
 
 def _task_mismatch(task: str, dataset: str) -> str:
-    if task == "causal-lm":
-        return (f"dataset {dataset!r} is for classification, but the model is a causal LM: pass --task classification "
-                "(a new classification head) or a prompt/completion dataset (gsm8k, jsonl:PATH)")
-    return (f"dataset {dataset!r} is prompt/completion data for a causal LM, but the model is loaded as a classifier: "
-            "use a causal-LM checkpoint (--task causal-lm) or a classification dataset (sst2, ag_news)")
+    return get_task(task).wrong_dataset(dataset)
 
 
 @dataclass
@@ -384,7 +381,8 @@ def run_downstream(result: Comparison, out_dir: Path, *, figures: bool = True, p
         return load_model_and_tokenizer(config.model, num_labels=data.num_labels or 2, seed=seed, dtype=dtype, task=task)
 
     # A causal LM's fine-tuned numbers get their zero point: the untrained model's exact match and perplexity.
-    baselines = (*plan.baselines, *(("base",) if task == "causal-lm" and "base" not in plan.baselines else ()))
+    zero_point = [m for m in list_baselines() if not get_method(m).trains]  # the untrained model, as a row
+    baselines = (*plan.baselines, *(m for m in zero_point if get_task(task).zero_point and m not in plan.baselines))
     rows, drift, _ = run_suite(
         out_dir, metrics=result.metrics, baselines=baselines, seeds=config.seeds, config=train_config,
         inputs=RunInputs(load, data, eval_data, result.device), progress=progress, log=log,

@@ -128,7 +128,7 @@ def test_jsonl_datasets_accept_the_usual_field_names(tmp_path):
 
 
 def test_exact_match_reads_the_final_number(tiny_causal_dirs):
-    from salience_bench.training.loop import exact_match
+    from salience_bench.tasks import exact_match
 
     assert final_number("so 3 + 4 = 7\n#### 7") == "7" and final_number("#### 1,234.") == "1234"
     assert final_number("no answer") is None
@@ -189,7 +189,7 @@ def test_cli_task_and_dataset_must_fit(tiny_causal_dirs, tmp_path):
 
 
 def test_exact_match_interval_is_wilsons_score_interval():
-    from salience_bench.training.loop import exact_match_columns
+    from salience_bench.tasks import exact_match_columns
 
     for hits, n in ((0, 1319), (18, 1319), (3, 7), (7, 7)):
         z = 1.959963984540054
@@ -211,7 +211,11 @@ def test_the_base_model_runs_once_whatever_the_seeds():
 
 
 def test_loss_evaluation_batches_fit_their_logits_in_memory():
-    from salience_bench.training.loop import TrainConfig, loss_eval_batch_size
+    from salience_bench.tasks import get_task
+    from salience_bench.training.loop import TrainConfig
+
+    def loss_eval_batch_size(config, vocab, task, device):
+        return get_task(task).eval_batch_size(config, vocab, device)
 
     config, cpu = TrainConfig(max_length=512, eval_batch_size=128), torch.device("cpu")
     # 4 GiB for B × 512 × V float32 logits and two copies: 2 examples of Gemma-3's vocabulary, 14 of SmolLM2's

@@ -98,7 +98,7 @@ def test_task_metrics_against_independent_formulas():
     import torch
     from scipy import stats
 
-    from salience_bench.training.loop import task_metrics
+    from salience_bench.tasks import task_metrics
 
     g = torch.Generator().manual_seed(0)
     targets = torch.randint(0, 2, (200,), generator=g).float()

@@ -359,3 +359,46 @@ def test_a_lora_variant_with_one_hyperparameter_is_one_class(monkeypatch):
         sb.TrainingPlan(method_options={"lora": {"rank": 3}})
     with pytest.raises(sb.SalienceBenchError, match="method 'full' has no options"):
         sb.TrainingPlan(method_options={"full": {"x": 1}})
+
+
+def test_a_new_task_is_one_class_the_loop_evaluates_with(monkeypatch):
+    """A task registered in a test: its datasets name it, and run_one evaluates with it and writes its columns."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from transformers import AutoTokenizer
+
+    from salience_bench.data import TextDataset
+    from salience_bench.tasks import TASKS, register_task
+    from salience_bench.tasks.classification import Classification
+    from salience_bench.training import RunInputs, run_one
+
+    monkeypatch.setattr(TASKS, "entries", dict(TASKS.entries))
+
+    @register_task
+    class BalancedClassification(Classification):
+        name = "balanced-classification"
+        help = "a classifier judged by its balanced accuracy"
+        columns = ["eval_balanced_accuracy"]
+        fallback = False
+
+        def evaluate(self, model, batches, device):
+            values = super().evaluate(model, batches, device)
+            predictions = torch.cat([model(**b).logits.argmax(-1) for b in batches])
+            labels = torch.cat([b["labels"] for b in batches])
+            recalls = [float((predictions[labels == c] == c).double().mean()) for c in labels.unique()]
+            return {**values, "eval_balanced_accuracy": sum(recalls) / len(recalls)}
+
+    @dataclass(frozen=True)
+    class BalancedData(TextDataset):
+        task: ClassVar[str] = "balanced-classification"
+
+    tokenizer = AutoTokenizer.from_pretrained(str(sb.models.bundled_model_path()))
+    sst2 = sb.load_dataset("sst2", "validation")
+    data = BalancedData(sst2.name, sst2.split, sst2.texts[:64], sst2.labels[:64])
+    config = TrainConfig(steps=2, batch_size=4, max_length=16, mask=sb.MaskSpec(density=0.05), eval_batch_size=64)
+    inputs = RunInputs(lambda seed: (tiny_bert(seed, vocab_size=tokenizer.vocab_size), tokenizer), data, data,
+                       torch.device("cpu"))
+    row = run_one("full", None, 0, config, inputs, progress=False).row
+    assert 0 <= row["eval_balanced_accuracy"] <= 1 and "eval_mcc" not in row
+    assert downstream_columns("balanced-classification")[-1] == "eval_balanced_accuracy"

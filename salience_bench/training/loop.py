@@ -17,12 +17,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..data import (Dataset, PromptDataset, batch_examples, encode_prompts, final_number, loss_units, make_batches,
-                    training_stream)
+from ..data import Dataset, make_batches, training_stream
 from ..errors import SalienceBenchError, check_at_least, is_int, is_number
 from ..masks import MaskSpec
 from ..models import eligible_parameters
 from ..runtime import to_device
+from ..tasks import get_task, loss_units_of
+from ..tasks.causal_lm import CausalLM
+from ..tasks.classification import Classification
 from .measure import PeakMemory, count_flops, synchronize, timed
 from .methods import RunSetup, check_method_options, get_method, head_parameters
 from .sparse import optimizer_state_bytes
@@ -36,13 +38,6 @@ DRIFT_COLUMNS = ["metric", "seed", "step", "jaccard_initial", "jaccard_previous"
 CURVE_COLUMNS = ["method", "metric", "mask_schedule", "seed", "step", "eval_accuracy", "eval_loss"]
 LOSS_COLUMNS = ["method", "metric", "mask_schedule", "seed", "step", "train_loss"]
 LR_SCHEDULES = ("constant", "linear")
-# Added for causal LMs, whose eval_accuracy is the exact match of generated answers: how many prompts it was
-# measured on and its 95% Wilson interval (binomial), beside the perplexity of the reference answers.
-LM_COLUMNS = ["eval_perplexity", "exact_match_n", "exact_match_low", "exact_match_high"]
-# added for classifiers: two-class MCC and F1 (CoLA, MRPC), a regression head's correlations (STS-B); NaN elsewhere
-TASK_COLUMNS = ["eval_mcc", "eval_f1", "eval_pearson", "eval_spearman"]
-
-
 def check_schedule(lr_schedule: str, warmup_ratio: float) -> None:
     """A known schedule and a warm-up fraction in [0, 1), else a clear error."""
     if lr_schedule not in LR_SCHEDULES:
@@ -52,7 +47,7 @@ def check_schedule(lr_schedule: str, warmup_ratio: float) -> None:
 
 
 def _extra_columns(task: str) -> list[str]:
-    return LM_COLUMNS if task == "causal-lm" else TASK_COLUMNS
+    return get_task(task).columns
 
 
 def downstream_columns(task: str) -> list[str]:
@@ -166,112 +161,12 @@ class RunResult:
     losses: list[dict] = field(default_factory=list)  # the training loss of every step (LOSS_COLUMNS)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Sequence[dict], device: torch.device) -> dict[str, float]:
-    """Classification: ``eval_accuracy``, the mean loss per example, and for two classes ``eval_mcc`` (Matthews
-    correlation, CoLA's metric) and ``eval_f1`` (of class 1, MRPC's). Float targets (a regression head, STS-B):
-    ``eval_pearson`` and ``eval_spearman`` (``eval_accuracy`` NaN). Token labels (a causal LM): the mean loss
-    per target token and its perplexity (``eval_accuracy`` NaN; see :func:`exact_match`)."""
-    was_training = model.training
-    model.eval()
-    total = 0
-    loss_sum = 0.0
-    predictions, targets = [], []
-    for batch in batches:
-        batch = to_device(batch, device)
-        out = model(**batch)
-        n = _units(batch)  # a causal LM's loss is the mean over its target tokens, a classifier's over examples
-        if loss_units(batch) is None:
-            regression = batch["labels"].is_floating_point()
-            predictions.append((out.logits.reshape(-1) if regression else out.logits.argmax(-1)).float().cpu())
-            targets.append(batch["labels"].float().cpu())
-        loss_sum += float(out.loss) * n
-        total += n
-    model.train(was_training)
-    if batches and batches[0]["labels"].dim() == 2:
-        loss = loss_sum / max(total, 1)
-        return dict(eval_accuracy=math.nan, eval_loss=loss, eval_perplexity=math.exp(min(loss, 700.0)))
-    return dict(eval_loss=loss_sum / total, **task_metrics(torch.cat(predictions), torch.cat(targets),
-                                                           regression=batches[0]["labels"].is_floating_point()))
-
-
-def task_metrics(predictions: torch.Tensor, targets: torch.Tensor, *, regression: bool) -> dict[str, float]:
-    """GLUE's metrics from predicted classes (or values, ``regression``) and targets."""
-    if regression:
-        from scipy import stats
-
-        x, y = predictions.double().numpy(), targets.double().numpy()
-        constant = x.std() == 0 or y.std() == 0
-        return dict(eval_accuracy=math.nan,
-                    eval_pearson=math.nan if constant else float(stats.pearsonr(x, y).statistic),
-                    eval_spearman=math.nan if constant else float(stats.spearmanr(x, y).statistic))
-    values = dict(eval_accuracy=float((predictions == targets).double().mean()))
-    if int(targets.max()) <= 1 and int(predictions.max()) <= 1:  # two classes
-        tp = float(((predictions == 1) & (targets == 1)).sum())
-        tn = float(((predictions == 0) & (targets == 0)).sum())
-        fp = float(((predictions == 1) & (targets == 0)).sum())
-        fn = float(((predictions == 0) & (targets == 1)).sum())
-        denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        values["eval_mcc"] = (tp * tn - fp * fn) / denominator if denominator else 0.0  # sklearn's convention
-        values["eval_f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-    return values
-
-
-@torch.no_grad()
-def exact_match(model: nn.Module, tokenizer, data: PromptDataset, *, examples: int, max_length: int,
-                max_new_tokens: int, chat_template: bool, device: torch.device, batch_size: int = 16,
-                progress: bool = False) -> float:
-    """Fraction of the first ``examples`` evaluation prompts whose greedy completion ends in the reference's
-    final number (GSM8K's ``#### <number>``). Prompts are generated longest first in batches of ``batch_size``, so a
-    batch holds prompts of similar length (little padding) and a batch too large for memory fails at once."""
-    was_training, side = model.training, tokenizer.padding_side
-    model.eval()
-    tokenizer.padding_side = "left"  # generation continues every prompt from its last token
-    order = sorted(range(examples), key=lambda i: -len(data.prompts[i]))
-    hits = 0
-    try:
-        for start in tqdm(range(0, examples, batch_size), desc=f"exact match on {examples} prompts", unit="batch",
-                          disable=not progress, leave=False):
-            idx = order[start:start + batch_size]
-            batch = to_device(encode_prompts(tokenizer, [data.prompts[i] for i in idx], None, max_length=max_length,
-                                             chat_template=chat_template), device)
-            out = model.generate(**{k: v for k, v in batch.items() if k != "position_ids"}, do_sample=False,
-                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-            for row, i in zip(out[:, batch["input_ids"].shape[1]:], idx):
-                answer = final_number(tokenizer.decode(row, skip_special_tokens=True))
-                hits += answer is not None and answer == final_number(data.completions[i])
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return hits / max(examples, 1)
-
-
-def exact_match_columns(accuracy: float, examples: int) -> dict[str, float]:
-    """The exact match's sample size and 95% Wilson interval (``scipy.stats.binomtest``); NaN without prompts."""
-    if examples < 1:
-        return dict(exact_match_n=0, exact_match_low=math.nan, exact_match_high=math.nan)
-    from scipy import stats
-
-    interval = stats.binomtest(round(accuracy * examples), examples).proportion_ci(0.95, method="wilson")
-    return dict(exact_match_n=examples, exact_match_low=float(interval.low), exact_match_high=float(interval.high))
-
-
-def exact_match_examples(config: TrainConfig, data: Dataset) -> int:
-    """How many evaluation prompts are generated for exact match: ``eval_examples`` (None: all) of a causal LM's."""
-    if data.task != "causal-lm":
-        return 0
-    return len(data) if config.eval_examples is None else min(config.eval_examples, len(data))
-
-
-def loss_eval_batch_size(config: TrainConfig, vocab_size: int, task: str, device: torch.device) -> int:
-    """``eval_batch_size``, fewer for a causal LM whose logits would not fit: a batch of B × L tokens holds B·L·V
-    float32 logits and about two more copies in the loss (upcast, log-softmax), 3.2 GB per 512-token example of
-    Gemma-3's 262,144-token vocabulary. They get 10% of a GPU's memory, or 4 GiB elsewhere."""
-    if task != "causal-lm":
-        return config.eval_batch_size
-    budget = 0.1 * torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 4 * 2**30
-    per_example = 3 * 4 * config.max_length * max(vocab_size, 1)
-    return max(1, min(config.eval_batch_size, int(budget // per_example)))
+def evaluate(model: nn.Module, batches: Sequence[dict], device: torch.device, task: str | None = None) -> dict[str, float]:
+    """``task``'s evaluation (:meth:`salience_bench.tasks.Task.evaluate`); by default a causal LM's where the labels
+    are per token, else a classifier's."""
+    if task is None:
+        task = CausalLM.name if batches and batches[0]["labels"].dim() == 2 else Classification.name
+    return get_task(task).evaluate(model, batches, device)
 
 
 def parameter_groups(trainer, params: list[nn.Parameter], head_lr: float | None) -> list[dict]:
@@ -284,9 +179,7 @@ def parameter_groups(trainer, params: list[nn.Parameter], head_lr: float | None)
     return [g for g in groups if g["params"]]
 
 
-def _units(batch: dict) -> int:
-    units = loss_units(batch)
-    return int(units.sum()) if units is not None else batch_examples(batch)
+_units = loss_units_of
 
 
 def run_one(method: str, metric: str | None, seed: int, config: TrainConfig, inputs: RunInputs, *,
@@ -298,7 +191,8 @@ def run_one(method: str, metric: str | None, seed: int, config: TrainConfig, inp
     model.to(device)
     params = eligible_parameters(model, config.include, config.exclude)
     head = head_parameters(model)
-    eval_size = loss_eval_batch_size(config, model.config.vocab_size, inputs.eval_data.task, device)
+    task = get_task(inputs.eval_data.task)
+    eval_size = task.eval_batch_size(config, model.config.vocab_size, device)
     eval_batches = make_batches(inputs.eval_data, tokenizer, batch_size=eval_size, max_length=config.max_length,
                                 shuffle=False, sort_by_length=True, chat_template=config.chat_template)
     trainer = method_class(RunSetup(model=model, tokenizer=tokenizer, params=params, head=head,
@@ -310,7 +204,7 @@ def run_one(method: str, metric: str | None, seed: int, config: TrainConfig, inp
     ids = dict(method=method, metric=record["metric"], mask_schedule=record["mask_schedule"], seed=seed)
 
     def evaluate_into_curve(step_number: int) -> dict[str, float]:
-        values = evaluate(model, eval_batches, device)
+        values = task.evaluate(model, eval_batches, device)
         curve.append(dict(**ids, step=step_number, **values))
         return values
 
@@ -319,7 +213,8 @@ def run_one(method: str, metric: str | None, seed: int, config: TrainConfig, inp
     with PeakMemory(device) as peak:
         cost = _train(trainer, model, tokenizer, config, inputs, seed, label, evaluate_into_curve,
                       progress=progress) if steps else _TrainingCost()
-    results = {**evaluate_into_curve(steps), **_exact_match(model, tokenizer, config, inputs, progress=progress)}
+    results = {**evaluate_into_curve(steps),
+               **task.final_metrics(model, tokenizer, config, inputs.eval_data, device, progress=progress)}
     timed_steps = max(steps - 1, 1)
     row = dict(
         method=method, **{k: record[k] for k in ("metric", "density", "scope", "mask_schedule")}, seed=seed,
@@ -328,23 +223,10 @@ def run_one(method: str, metric: str | None, seed: int, config: TrainConfig, inp
         train_seconds=cost.step_seconds * steps / timed_steps, seconds_per_step=cost.step_seconds / timed_steps,
         peak_memory_bytes=peak.peak_bytes, train_flops=cost.flops_per_step * steps,
         eval_accuracy=results["eval_accuracy"], eval_loss=results["eval_loss"], device=str(device),
-        **{k: results.get(k, math.nan) for k in _extra_columns(inputs.eval_data.task)},
+        **{k: results.get(k, math.nan) for k in task.columns},
     )
     losses = [dict(**ids, step=i, train_loss=loss) for i, loss in enumerate(cost.losses, 1)]
     return RunResult(row, trainer.drift, curve, losses)
-
-
-def _exact_match(model: nn.Module, tokenizer, config: TrainConfig, inputs: RunInputs, *, progress: bool) -> dict:
-    """A causal LM's exact match on ``eval_examples`` prompts (``eval_accuracy``), its count and Wilson interval;
-    nothing for a classifier."""
-    if inputs.eval_data.task != "causal-lm":
-        return {}
-    examples = exact_match_examples(config, inputs.eval_data)
-    accuracy = exact_match(
-        model, tokenizer, inputs.eval_data, examples=examples, max_length=config.max_length,
-        max_new_tokens=config.max_new_tokens, chat_template=config.chat_template, device=inputs.device,
-        batch_size=config.eval_batch_size, progress=progress) if examples else math.nan
-    return dict(eval_accuracy=accuracy, **exact_match_columns(accuracy, examples))
 
 
 @dataclass
