@@ -118,12 +118,9 @@ class CompareConfig:
         if self.max_length is None:
             object.__setattr__(self, "max_length", get_task(dataset_task(self.dataset)).default_max_length)
         object.__setattr__(self, "load_masks", tuple(str(p) for p in self.load_masks))
-        for path in self.load_masks:
-            if not Path(path).is_file():
-                raise SalienceBenchError(f"mask file {path!r} does not exist")
         if self.export_peft is not None and self.mask.rank is None:  # SHiRA trains r·(m+n) per layer: a rank's budget
-            raise SalienceBenchError("--export-peft builds SHiRA adapters, which train r·(m+n) entries per layer: "
-                                     "use --scope lora --rank R")
+            raise SalienceBenchError("export-peft builds SHiRA adapters, which train r·(m+n) entries per layer: "
+                                     "use the mask scope 'lora' with a rank (--scope lora --rank R)")
         for name in ("include", "exclude"):
             value = getattr(self, name)
             object.__setattr__(self, name, tuple(value) if value else None)
@@ -136,18 +133,25 @@ class CompareConfig:
             raise SalienceBenchError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
         check_sum_dtype(self.sum_dtype)
         if self.shard:
-            clashing = [flag for flag, on in (("--train", self.training is not None), ("--save-masks", self.save_masks),
-                                              ("--load-mask", bool(self.load_masks)),
-                                              ("--export-peft", self.export_peft is not None)) if on]
+            clashing = [name for name, on in (("training", self.training is not None), ("save-masks", self.save_masks),
+                                              ("load-mask", bool(self.load_masks)),
+                                              ("export-peft", self.export_peft is not None)) if on]
             if clashing:
-                raise SalienceBenchError(f"--shard scores and compares only; {', '.join(clashing)} need the whole model "
-                                         "on each process: run them without --shard")
+                raise SalienceBenchError(f"shard (sharded scoring) scores and compares only; {', '.join(clashing)} need "
+                                         "the whole model on each process: run them without sharding")
         check_device_name(self.device)
         object.__setattr__(self, "score_options", resolve_options(self.score_options))
         if self.training is not None:
             unmaskable = [m for m in self.metrics if not get_scorer(m).maskable]
             if unmaskable:
                 raise SalienceBenchError(f"metrics {unmaskable} give one number per network and cannot drive --train")
+
+    def check_files(self) -> None:
+        """The checks that read the disk, apart from building the configuration: every mask file exists.
+        :func:`run_comparison` and :func:`run_and_write` make them first."""
+        for path in self.load_masks:
+            if not Path(path).is_file():
+                raise SalienceBenchError(f"mask file {path!r} does not exist")
 
     def resolved_task(self) -> str:
         """The task, with ``auto`` read from the checkpoint; it must fit the dataset."""
@@ -256,6 +260,7 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, progress: bool
     from the accumulators when read and masks are kept as selected positions, so memory grows with the
     accumulators the metrics share, not with the number of metrics."""
     started = datetime.now(timezone.utc)
+    config.check_files()
     distributed.init_from_environment()
     device = resolve_device(config.device)
     if config.training is not None and config.dtype == "float16" and device.type == "cpu":
@@ -503,6 +508,7 @@ def run_and_write(config: CompareConfig, out: str | Path | None = None, *, overw
     """Everything the CLI does: stage the folder, compare, train (``config.training``), write, and swap the
     finished run into ``out``. On any error or interrupt ``out`` is unchanged, and finished downstream runs
     stay in ``<out>.partial`` for the same call to resume."""
+    config.check_files()  # before the results folder is made: a missing input leaves nothing behind
     folder = prepare_output(out, overwrite=overwrite, config=config)
     log(f"salience_bench.compare: metrics {', '.join(config.metrics)} → {folder.path}"
         + (f" (resuming the unfinished run in {folder.work})" if folder.resuming else ""))

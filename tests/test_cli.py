@@ -200,3 +200,10 @@ def test_every_scorer_option_is_a_flag_that_reaches_the_scorer(monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         compare.main(["--synflow-tokens", "0"])
     assert exit_info.value.code == 2
+
+
+def test_a_configuration_reads_no_files_until_the_run_checks_them(tmp_path):
+    config = sb.CompareConfig(load_masks=(str(tmp_path / "missing.safetensors"),))  # built without touching the disk
+    with pytest.raises(sb.SalienceBenchError, match="missing.safetensors' does not exist"):
+        sb.run_and_write(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -63,6 +63,8 @@ def no_trace(out: Path) -> bool:
         (["--train", "--baselines", "none,full"], "'none' (no baseline) cannot be combined with others"),
         (["--density", "abc"], "error: argument --density: 'abc' is not a number"),
         (["--include", "nothing*"], "no eligible tensors"),
+        (["--load-mask", "no-such-mask.safetensors"], "mask file 'no-such-mask.safetensors' does not exist"),
+        (["--export-peft", "adapters"], "export-peft builds SHiRA adapters"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_no_folder(tiny_model_dir, tmp_path, extra, message):
