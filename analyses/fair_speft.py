@@ -28,16 +28,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-import _common  # noqa: E402
-import salience_bench as sb  # noqa: E402
-from salience_bench.data import EVAL_SPLIT, headline_metric, hold_out  # noqa: E402
-from salience_bench.report import io as report_io  # noqa: E402
-from salience_bench.stats import claim_rule, mean_ci  # noqa: E402
-from salience_bench.training import TrainConfig  # noqa: E402
+from salience_bench import studies as _common
+import salience_bench as sb
+from salience_bench.data import EVAL_SPLIT, headline_metric, hold_out
+from salience_bench.report import io as report_io
+from salience_bench.stats import claim_rule, mean_ci
+from salience_bench.training import TrainConfig
 
 STUDY = "fair_speft"
 TASKS = ("sst2", "ag_news", "cola", "mrpc", "rte", "stsb")

@@ -4,19 +4,15 @@ at densities 0.1%, 1% and 5%."""
 
 from __future__ import annotations
 
-import sys
 from itertools import combinations
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-import _common  # noqa: E402
-import salience_bench as sb  # noqa: E402
-from salience_bench.report import figures  # noqa: E402
+from salience_bench import studies as _common
+import salience_bench as sb
+from salience_bench.report import figures
 
 STUDY = "metric_agreement"
 DENSITIES = (0.001, 0.01, 0.05)

@@ -8,21 +8,16 @@ them, against a float32 model (the bundled MiniLM) as the control."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
-
-import _common  # noqa: E402
-import salience_bench as sb  # noqa: E402
-from salience_bench import gguf_models  # noqa: E402
-from salience_bench.report import figures  # noqa: E402
-from salience_bench.report import io as report_io  # noqa: E402
+from salience_bench import studies as _common
+import salience_bench as sb
+from salience_bench import gguf_models
+from salience_bench.report import figures
+from salience_bench.report import io as report_io
 
 STUDY = "quantization_ties"
 METRICS = ("magnitude", "wanda", "snip", "grad", "fisher")

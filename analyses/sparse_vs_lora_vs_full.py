@@ -4,20 +4,15 @@ seeds), trainable parameters, peak memory, FLOPs and time."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-import _common  # noqa: E402
-import salience_bench as sb  # noqa: E402
-from salience_bench.report import figures  # noqa: E402
-from salience_bench.stats import claim_rule, mean_ci  # noqa: E402
-from salience_bench.training import TrainConfig  # noqa: E402
+from salience_bench import studies as _common
+import salience_bench as sb
+from salience_bench.report import figures
+from salience_bench.stats import claim_rule, mean_ci
+from salience_bench.training import TrainConfig
 
 STUDY = "sparse_vs_lora_vs_full"
 EVAL_SPLIT = {"sst2": "validation", "ag_news": "test"}

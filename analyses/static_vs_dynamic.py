@@ -4,18 +4,13 @@ re-selected every U steps)? grad and snip at 1% density on SST-2, several seeds:
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import pandas as pd  # noqa: E402
-
-import _common  # noqa: E402
-import salience_bench as sb  # noqa: E402
-from salience_bench.report import figures  # noqa: E402
-from salience_bench.stats import claim_rule, mean_ci  # noqa: E402
-from salience_bench.training import TrainConfig  # noqa: E402
+from salience_bench import studies as _common
+import salience_bench as sb
+from salience_bench.report import figures
+from salience_bench.stats import claim_rule, mean_ci
+from salience_bench.training import TrainConfig
 
 STUDY = "static_vs_dynamic"
 

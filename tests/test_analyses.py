@@ -9,6 +9,18 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_study(name: str):
+    """A study script as a module, by its path (the scripts are not a package; nothing is put on sys.path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"study_{name}", ROOT / "analyses" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 STUDIES = {
     "metric_agreement": ("overlap.csv", ["jaccard_1pct", "agreement_vs_density"]),
     "density_sweep": ("summary.csv", ["accuracy_vs_density"]),
@@ -40,8 +52,7 @@ def test_study_runs_in_quick_mode(study, tiny_model_dir, tmp_path):
 
 
 def test_fair_speft_pairing():
-    sys.path.insert(0, str(ROOT / "analyses"))
-    import fair_speft
+    fair_speft = load_study("fair_speft")
 
     rows = pd.DataFrame(dict(seed=[0, 0, 1, 1, 2], arm=["a", "b", "a", "b", "a"], headline=[0.8, 0.7, 0.6, 0.65, 0.9]))
     assert fair_speft.paired(rows, "a", "b", "headline") == pytest.approx([0.1, -0.05])  # seed 2 has no partner
@@ -89,10 +100,9 @@ def test_fair_speft_workers_share_the_grid_and_give_the_same_tables(tiny_model_d
 
 
 def test_share_claims_a_run_once_and_costs_runs_against_the_deadline(tmp_path):
-    sys.path.insert(0, str(ROOT / "analyses"))
     import time
 
-    import _common
+    from salience_bench import studies as _common
 
     first, second = (_common.Share(index=i, claims=tmp_path) for i in (0, 1))
     assert first.take("run a") and not second.take("run a") and second.take("run b")
@@ -110,8 +120,7 @@ def test_share_claims_a_run_once_and_costs_runs_against_the_deadline(tmp_path):
 
 
 def test_spawned_workers_pull_from_one_queue_spread_over_the_visible_gpus(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "analyses"))
-    import _common
+    from salience_bench import studies as _common
 
     script = tmp_path / "worker.py"
     script.write_text("import os, sys\n"
@@ -131,8 +140,7 @@ def test_spawned_workers_pull_from_one_queue_spread_over_the_visible_gpus(tmp_pa
 
 
 def test_fair_speft_sweep_edges_constant_prediction_floor_and_ranking_against_the_end():
-    sys.path.insert(0, str(ROOT / "analyses"))
-    import fair_speft
+    fair_speft = load_study("fair_speft")
     from scipy.stats import kendalltau
 
     import salience_bench as sb
@@ -165,11 +173,10 @@ def test_fair_speft_sweep_edges_constant_prediction_floor_and_ranking_against_th
 
 
 def test_study_readme_names_where_the_runs_trained_and_keeps_hand_notes(tmp_path):
-    sys.path.insert(0, str(ROOT / "analyses"))
     import argparse
     import time
 
-    import _common
+    from salience_bench import studies as _common
     import torch
 
     runs = pd.DataFrame(dict(device_name=["NVIDIA H200", "NVIDIA H200", None], device=["cuda", "cuda", "cuda"],
@@ -185,8 +192,7 @@ def test_study_readme_names_where_the_runs_trained_and_keeps_hand_notes(tmp_path
 
 
 def test_tie_counts_against_a_hand_count():
-    sys.path.insert(0, str(ROOT / "analyses"))
-    import quantization_ties
+    quantization_ties = load_study("quantization_ties")
     import torch
 
     import salience_bench as sb

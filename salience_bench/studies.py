@@ -1,4 +1,6 @@
-"""What every study shares: options, the bundled data, seeds and intervals, and the study's README."""
+"""What every study in ``analyses/`` shares: options, the bundled data, seeds and intervals, resumable grids of runs
+and their workers, figures and the study's README. The studies run from a checkout (``pip install -e .``): their
+default output folder is the checkout's ``figures/<study>``."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from salience_bench.report import io as report_io
 from salience_bench.report.runlog import RunLog
 from salience_bench.runtime import quiet_transformers
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (an editable install)
 
 
 def parser(study: str, question: str) -> argparse.ArgumentParser:
