@@ -26,6 +26,7 @@ import argparse
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -63,7 +64,7 @@ def paired(rows: pd.DataFrame, a: str, b: str, column: str) -> list[float]:
     return _common.paired_by_seed(rows[rows.arm == a], rows[rows.arm == b], column)
 
 
-def main(argv=None) -> None:
+def _arguments() -> argparse.ArgumentParser:
     p = _common.parser(STUDY, __doc__.split("\n\n")[0])
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated (default: all six)")
     p.add_argument("--seeds", type=int, default=5, help="final seeds per arm (default: 5)")
@@ -85,13 +86,63 @@ def main(argv=None) -> None:
     p.add_argument("--worker", type=_common.worker_option, default=None, help=argparse.SUPPRESS)  # i/n: one of them
     p.add_argument("--claims", type=Path, default=None, help=argparse.SUPPRESS)  # the workers' shared claim folder
     p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)  # the parent's time limit
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args, device, out, started = _common.start(STUDY, "", argv, arguments=p)
+    return p
+
+
+@dataclass
+class _Plan:
+    """The grid the options ask for: tasks, arms, seeds, rates, data, budgets, and how each run is configured."""
+
+    args: argparse.Namespace
+    tasks: list[str]
+    arms: dict[str, tuple[str, str]]
+    seeds: int
+    sweep_seeds: int
+    batch: int
+    rates: dict[str, tuple[float, ...]]
+    data: dict
+    steps_for: dict[str, int]
+
+    def config(self, spec: dict) -> TrainConfig:
+        steps, quick = self.steps_for[spec["task"]], self.args.quick
+        recipe = spec.get("recipe") == "speft"
+        # The sweep needs only each run's last evaluation (evaluating changes nothing in training: no randomness);
+        # the final runs log the curve that shows whether the ranking has settled.
+        curve = spec["dataset"].endswith(":report")
+        return TrainConfig(steps=steps, batch_size=self.batch, lr=spec["lr"], full_lr=spec["lr"], lr_schedule="linear",
+                           warmup_ratio=0.06, eval_every=max(1, steps // (2 if quick else 10)) if curve else 0,
+                           score_batch_size=self.batch, score_batches=2 if quick else 8,
+                           mask=sb.MaskSpec(scope="lora", rank=self.args.rank),
+                           method_options={"lora": {"alpha_ratio": 1.0 if recipe else 2.0}},
+                           include=SPEFT_INCLUDE if recipe else None, head_lr=self.args.head_lr,
+                           max_length=128 if not quick else 32)
+
+    def spec(self, task: str, arm: str, lr: float, seed: int, split: str, recipe: str = "fair") -> dict:
+        method, metric = self.arms.get(arm, ARMS[arm])
+        return dict(task=task, dataset=task if split == "tune" else task + ":report", arm=arm, method=method,
+                    metric=metric, lr=lr, seed=seed, recipe=recipe)
+
+    def finals(self, task: str, rate: dict) -> list[dict]:
+        """The task's final runs at its chosen rates, and SPEFT's recipe beside them."""
+        specs = [self.spec(task, arm, rate[task, arm], s, "report") for arm in self.arms for s in range(self.seeds)]
+        for arm in ("sparse grad", "lora"):
+            for lr, which in ((SPEFT_RATE, "lr 5e-5"), (rate[task, arm], "tuned lr")):
+                specs += [{**self.spec(task, arm, lr, s, "report", "speft"), "arm": f"{arm} (SPEFT q,v, {which})"}
+                          for s in range(self.seeds)]
+        return list({_key(s): s for s in specs}.values())
+
+    @property
+    def sweep_specs(self) -> list[dict]:
+        return [self.spec(t, arm, lr, s, "tune") for t in self.tasks for arm, (method, _) in self.arms.items()
+                for lr in self.rates[method] for s in range(self.sweep_seeds)]
+
+
+def _plan(args: argparse.Namespace, p: argparse.ArgumentParser) -> _Plan:
+    """The grid, every option checked first (one-line errors)."""
     if args.workers < 1:
         p.error(f"--workers {args.workers}: must be at least 1")
     if args.time_limit is not None and args.time_limit <= 0:
         p.error(f"--time-limit {args.time_limit:g}: must be a positive number of seconds")
-    deadline = args.deadline or (started + args.time_limit if args.time_limit else None)
     tasks = ["rte", "stsb"] if args.quick else [t.strip() for t in args.tasks.split(",")]
     if any(t not in TASKS for t in tasks):
         p.error(f"--tasks {args.tasks!r}: valid tasks are {', '.join(TASKS)}")
@@ -99,16 +150,7 @@ def main(argv=None) -> None:
     unknown = [a for a in chosen_arms if a not in ARMS]
     if unknown or not {"sparse grad", "lora"} <= set(chosen_arms):
         p.error(f"--arms {args.arms!r}: valid arms are {', '.join(ARMS)}, and 'sparse grad' and 'lora' are required")
-    spawned = args.workers > 1 and args.worker is None
-    if spawned:
-        argv = _without_workers(argv) + (["--deadline", repr(deadline)] if deadline else [])
-        code = _common.spawn_workers(__file__, argv, args.workers)
-        if code:
-            sys.exit(f"error: a worker exited with {code}; rerun the same command to resume")
-    arms = {k: ARMS[k] for k in chosen_arms}
-    seeds, sweep_seeds = (2, 1) if args.quick else (args.seeds, args.sweep_seeds)
     batch = 8 if args.quick else args.batch_size
-    rates = {m: (r[1], r[-1]) if args.quick else r for m, r in RATES.items()}
     data = {}
     for task in tasks:
         rest, held = hold_out(sb.load_dataset(task, "train"), 0.1, seed=0)
@@ -116,98 +158,125 @@ def main(argv=None) -> None:
         data[task + ":report"] = rest, sb.load_dataset(task, EVAL_SPLIT[task])
     steps_for = {t: args.steps or (10 if args.quick else min(2000, max(-(-len(data[t][0]) // batch),
                                                                       -(-3 * len(data[t][0]) // batch)))) for t in tasks}
+    seeds, sweep_seeds = (2, 1) if args.quick else (args.seeds, args.sweep_seeds)
+    return _Plan(args=args, tasks=tasks, arms={k: ARMS[k] for k in chosen_arms}, seeds=seeds, sweep_seeds=sweep_seeds,
+                 batch=batch, rates={m: (r[1], r[-1]) if args.quick else r for m, r in RATES.items()}, data=data,
+                 steps_for=steps_for)
 
-    def config(spec) -> TrainConfig:
-        steps = steps_for[spec["task"]]
-        recipe = spec.get("recipe") == "speft"
-        # The sweep needs only each run's last evaluation (evaluating changes nothing in training: no randomness);
-        # the final runs log the curve that shows whether the ranking has settled.
-        curve = spec["dataset"].endswith(":report")
-        return TrainConfig(steps=steps, batch_size=batch, lr=spec["lr"], full_lr=spec["lr"], lr_schedule="linear",
-                           warmup_ratio=0.06, eval_every=max(1, steps // (2 if args.quick else 10)) if curve else 0,
-                           score_batch_size=batch,
-                           score_batches=2 if args.quick else 8, mask=sb.MaskSpec(scope="lora", rank=args.rank),
-                           method_options={"lora": {"alpha_ratio": 1.0 if recipe else 2.0}}, include=SPEFT_INCLUDE if recipe else None,
-                           head_lr=args.head_lr,
-                           max_length=128 if not args.quick else 32)
 
-    def spec(task, arm, lr, seed, split, recipe="fair"):
-        method, metric = arms.get(arm, ARMS[arm])
-        return dict(task=task, dataset=task if split == "tune" else task + ":report", arm=arm, method=method,
-                    metric=metric, lr=lr, seed=seed, recipe=recipe)
-
-    def finals(task: str, rate: dict) -> list[dict]:
-        """The task's final runs at its chosen rates, and SPEFT's recipe beside them."""
-        specs = [spec(task, arm, rate[task, arm], s, "report") for arm in arms for s in range(seeds)]
-        for arm in ("sparse grad", "lora"):
-            for lr, which in ((SPEFT_RATE, "lr 5e-5"), (rate[task, arm], "tuned lr")):
-                specs += [{**spec(task, arm, lr, s, "report", "speft"), "arm": f"{arm} (SPEFT q,v, {which})"}
-                          for s in range(seeds)]
-        return list({_key(s): s for s in specs}.values())
-
-    # 1. The sweep, on the held-out slice of the training split; 2. each task's final runs at its chosen rates,
-    # reported on the validation split, as soon as its sweep is logged; 3. SPEFT's recipe beside them.
-    sweep_specs = [spec(t, arm, lr, s, "tune") for t in tasks for arm, (method, _) in arms.items()
-                   for lr in rates[method] for s in range(sweep_seeds)]
+def main(argv=None) -> None:
+    p = _arguments()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, device, out, started = _common.start(STUDY, "", argv, arguments=p)
+    plan = _plan(args, p)
+    deadline = args.deadline or (started + args.time_limit if args.time_limit else None)
+    spawned = args.workers > 1 and args.worker is None
+    if spawned:
+        argv = _without_workers(argv) + (["--deadline", repr(deadline)] if deadline else [])
+        code = _common.spawn_workers(__file__, argv, args.workers)
+        if code:
+            sys.exit(f"error: a worker exited with {code}; rerun the same command to resume")
     share = _common.Share(index=args.worker[0] if args.worker else None, claims=args.claims, deadline=deadline)
+    sweep, rows, rate, logged, complete = _run_until_logged(plan, out, device, share, spawned)
+    if args.worker is not None:
+        return  # the parent process writes the tables
+    if not complete:
+        total = len(plan.sweep_specs) + sum(len(plan.finals(t, defaultdict(float))) for t in plan.tasks)  # rates do not change the count
+        print(f"stopped before the end (time limit): {len(logged)} of {total} runs logged in {out}; rerun the "
+              "same command to resume")
+        return
+    _report(plan, out, device, started, sweep, rows, rate)
+
+
+def _run_until_logged(plan: _Plan, out: Path, device, share, spawned: bool):
+    """Run what is open, one run at a time: (1) the sweep, on the held-out slice of the training split; (2) each
+    task's final runs at its chosen rates, reported on the validation split, as soon as its sweep is logged, with
+    (3) SPEFT's recipe beside them. Returns (sweep, final rows, chosen rates, logged run ids, whether complete)."""
+    sweep_specs, args = plan.sweep_specs, plan.args
     # The smallest tasks first, each task's final runs before the next task's sweep: a grid stopped part-way
     # (a time limit) leaves whole tasks with verdicts rather than every task's sweep half done.
-    order = sorted(tasks, key=lambda t: steps_for[t])
+    order = sorted(plan.tasks, key=lambda t: plan.steps_for[t])
     while True:
         ran = share.ran
         rate = _chosen_rates(_only(_common.logged(out, "sweep"), sweep_specs), sweep_specs)
         for t in order if not spawned else ():  # one run at a time, from the first task with one open
-            _common.run_grid(out, "sweep", [s for s in sweep_specs if s["task"] == t], config, model=args.model,
-                             device=device, datasets=data, share=share, max_runs=1)
-            if share.ran == ran and all((t, arm) in rate for arm in arms):
-                _common.run_grid(out, "runs", finals(t, rate), config, model=args.model, device=device,
-                                 datasets=data, share=share, max_runs=1)
+            _common.run_grid(out, "sweep", [s for s in sweep_specs if s["task"] == t], plan.config, model=args.model,
+                             device=device, datasets=plan.data, share=share, max_runs=1)
+            if share.ran == ran and all((t, arm) in rate for arm in plan.arms):
+                _common.run_grid(out, "runs", plan.finals(t, rate), plan.config, model=args.model, device=device,
+                                 datasets=plan.data, share=share, max_runs=1)
             if share.ran > ran:
                 break
         if share.ran > ran:
             continue  # back to the first task, with the logs as they are now
         sweep = _only(_common.logged(out, "sweep"), sweep_specs)  # a shared folder may hold other grids' runs
         rate = _chosen_rates(sweep, sweep_specs)
-        ready = [t for t in tasks if all((t, arm) in rate for arm in arms)]
-        final_specs = [s for t in ready for s in finals(t, rate)]
+        ready = [t for t in plan.tasks if all((t, arm) in rate for arm in plan.arms)]
+        final_specs = [s for t in ready for s in plan.finals(t, rate)]
         rows = _only(_common.logged(out, "runs"), final_specs)
         logged = set(rows.get("run_id", ())) | set(sweep.get("run_id", ()))
         pending = [_key(s) for s in sweep_specs + final_specs if _key(s) not in logged]
-        complete = len(ready) == len(tasks) and not pending
+        complete = len(ready) == len(plan.tasks) and not pending
         # Done, out of time, or every open run was claimed by a process that has ended: stop. Otherwise runs are
         # still open (another worker's, or freed since this pass read the logs, e.g. a task's final runs).
         if complete or spawned or share.out_of_time or not any(map(share.open, pending)):
-            break
+            return sweep, rows, rate, logged, complete
         time.sleep(2)
-    if args.worker is not None:
-        return  # the parent process writes the tables
-    if not complete:
-        total = len(sweep_specs) + sum(len(finals(t, defaultdict(float))) for t in tasks)  # rates do not change the count
-        print(f"stopped before the end (time limit): {len(logged)} of {total} runs logged in {out}; rerun the "
-              "same command to resume")
-        return
+
+
+def _report(plan: _Plan, out: Path, device, started: float, sweep: pd.DataFrame, rows: pd.DataFrame, rate: dict) -> None:
+    """The tables, the verdicts by the stated rule, the ranking and gap along training, the figures and README."""
+    args, tasks = plan.args, plan.tasks
     sweep_table, chosen = _sweep_tables(sweep)
     report_io.write_csv(sweep_table, out / "sweep_summary.csv")
     report_io.write_csv(chosen, out / "chosen_rates.csv")
     rows = with_headline(rows)
-    arm_order = {a: i for i, a in enumerate(dict.fromkeys(s["arm"] for t in tasks for s in finals(t, rate)))}
+    arm_order = {a: i for i, a in enumerate(dict.fromkeys(s["arm"] for t in tasks for s in plan.finals(t, rate)))}
     rows = rows.assign(_task=rows.task.map(tasks.index), _arm=rows.arm.map(arm_order)).sort_values(
         ["_task", "_arm", "seed"], kind="stable").drop(columns=["_task", "_arm"])
-
-    summary, verdicts = [], []
-    for (task, arm), group in rows.groupby(["task", "arm"], sort=False):
-        mean, half, n = mean_ci(group.headline)
-        summary.append(dict(task=task, arm=arm, measure=headline_metric(task), seeds=n, mean=mean,
-                            ci95=half, lr=group.lr.iloc[0], trainable=int(group.trainable_params.iloc[0])))
-    summary = pd.DataFrame(summary)
+    summary = pd.DataFrame([
+        dict(task=task, arm=arm, measure=headline_metric(task), seeds=n, mean=mean, ci95=half, lr=group.lr.iloc[0],
+             trainable=int(group.trainable_params.iloc[0]))
+        for (task, arm), group in rows.groupby(["task", "arm"], sort=False)
+        for mean, half, n in [mean_ci(group.headline)]])
     report_io.write_csv(summary, out / "summary.csv")
     lines = [f"Decision rule (stated before the runs): {claim_rule()}. The model is {args.model!r}" + (" (MiniLM-L6, 22M parameters: the only pretrained model available "
                                                  "offline; rerun with --model roberta-base for a bigger one)."
                                                  if args.model == "bundled" else ".")]
+    verdict_table, verdict_lines = _verdicts(plan, rows)
+    lines += verdict_lines
+    report_io.write_csv(verdict_table, out / "verdicts.csv")
+    edges = chosen[chosen.edge != ""]
+    if len(edges):
+        lines.append(f"- {len(edges)} of {len(chosen)} chosen rates lie at an end of their sweep (see Chosen rates): "
+                     "the best rate for those arms may lie beyond the range the protocol fixed.")
+    curves = with_headline(_only(_common.logged(out, "runs", "_curve"), [s for t in tasks for s in plan.finals(t, rate)]))
+    settled = _ranking_settled(curves)
+    report_io.write_csv(settled, out / "ranking_vs_final.csv")
+    gap = _gap_along_training(curves, "sparse grad", "lora")
+    report_io.write_csv(gap, out / "gap_vs_step.csv")
+    lines += _along_training_lines(settled, gap)
+    lines.append(f"- Final runs trained on: {_common.trained_on(rows)}; train_seconds are not timings where several "
+                 "processes shared a device (--workers).")
+    if not args.no_figures:
+        _summary_figure(summary, tasks, out)
+        _curve_figure(curves, tasks, out)
+    _common.write_readme(out, "A fair test of the SPEFT claims", __doc__.split("\n\n")[0].replace("\n", " "), lines,
+                         args, device, started, tables={"Verdicts": verdict_table.round(4), "Chosen rates": chosen,
+                                                        "Summary": summary.round(4).assign(lr=summary.lr.map("{:g}".format)),
+                                                        "Ranking vs the end": settled.round(3)},
+                         figures=[] if args.no_figures else ["summary", "curves"],
+                         runs=pd.concat([sweep, rows], ignore_index=True))
+    print("\n".join(lines))
+
+
+def _verdicts(plan: _Plan, rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Every comparison's verdict by the stated rule, per task: (the table, its README lines)."""
     comparisons = [("sparse grad", "lora"), *[(f"sparse grad (SPEFT q,v, {which})", f"lora (SPEFT q,v, {which})")
                                                for which in ("lr 5e-5", "tuned lr")]]
+    verdicts = []
     for task, group in rows.groupby("task", sort=False):
-        floor = constant_prediction_score(data[task + ":report"][1])
+        floor = constant_prediction_score(plan.data[task + ":report"][1])
         others = [a for a in ("sparse fisher", "sparse random") if a in set(group.arm)]
         if others and "sparse grad" in set(group.arm):
             best = max(others, key=lambda a: group[group.arm == a].headline.mean())
@@ -224,18 +293,13 @@ def main(argv=None) -> None:
                     if floor is not None and (both - floor).abs().max() < 1e-9 else "")
             name = f"{a} − {b}" + (" (best other metric)" if (a, b) not in comparisons else "")
             verdicts.append(dict(task=task, **_common.claim(diffs, name), note=note))
-    verdict_table = pd.DataFrame(verdicts)
-    for v in verdicts:
-        lines.append(f"- {v['task']}: {v['text']}" + (f" ({v['note']})" if v["note"] else ""))
-    verdict_table = verdict_table.drop(columns="text")
-    report_io.write_csv(verdict_table, out / "verdicts.csv")
-    edges = chosen[chosen.edge != ""]
-    if len(edges):
-        lines.append(f"- {len(edges)} of {len(chosen)} chosen rates lie at an end of their sweep (see Chosen rates): "
-                     "the best rate for those arms may lie beyond the range the protocol fixed.")
-    curves = with_headline(_only(_common.logged(out, "runs", "_curve"), [s for t in tasks for s in finals(t, rate)]))
-    settled = _ranking_settled(curves)
-    report_io.write_csv(settled, out / "ranking_vs_final.csv")
+    lines = [f"- {v['task']}: {v['text']}" + (f" ({v['note']})" if v["note"] else "") for v in verdicts]
+    return pd.DataFrame(verdicts).drop(columns="text"), lines
+
+
+def _along_training_lines(settled: pd.DataFrame, gap: pd.DataFrame) -> list[str]:
+    """Whether each task's ranking of the arms settled, and the sparse grad − lora gap along training."""
+    lines = []
     for task, part in settled.groupby("task", sort=False):
         at = [_nearest(part, f) for f in (0.5, 0.8)]
         late = part[(part.fraction >= 0.79) & (part.step < part.step.max())].kendall_tau
@@ -244,8 +308,6 @@ def main(argv=None) -> None:
                      (f" — settled (τ ≥ {SETTLED_TAU} at every evaluation from 80% on)" if len(late) and
                       (late >= SETTLED_TAU).all() else f" — **not settled** (τ {late.min():+.2f} after 80%): longer "
                       "training could change this task's verdicts"))
-    gap = _gap_along_training(curves, "sparse grad", "lora")
-    report_io.write_csv(gap, out / "gap_vs_step.csv")
     for task, part in gap.groupby("task", sort=False):
         later = part[part.fraction >= 0.5].difference
         signs = set((later > 0).tolist()) if len(later) else set()
@@ -253,19 +315,7 @@ def main(argv=None) -> None:
                      ", ".join(f"{_nearest(part, f).difference:+.3f} at {f:.0%}"
                                for f in (0.5, 0.8, 1.0)) +
                      (" — same sign from 50% on" if len(signs) == 1 else " — changes sign after 50%"))
-    lines.append(f"- Final runs trained on: {_common.trained_on(rows)}; train_seconds are not timings where several "
-                 "processes shared a device (--workers).")
-
-    if not args.no_figures:
-        _summary_figure(summary, tasks, out)
-        _curve_figure(curves, tasks, out)
-    _common.write_readme(out, "A fair test of the SPEFT claims", __doc__.split("\n\n")[0].replace("\n", " "), lines,
-                         args, device, started, tables={"Verdicts": verdict_table.round(4), "Chosen rates": chosen,
-                                                        "Summary": summary.round(4).assign(lr=summary.lr.map("{:g}".format)),
-                                                        "Ranking vs the end": settled.round(3)},
-                         figures=[] if args.no_figures else ["summary", "curves"],
-                         runs=pd.concat([sweep, rows], ignore_index=True))
-    print("\n".join(lines))
+    return lines
 
 
 def _summary_figure(summary: pd.DataFrame, tasks: list[str], out: Path) -> None:

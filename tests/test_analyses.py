@@ -17,6 +17,7 @@ def load_study(name: str):
 
     spec = importlib.util.spec_from_file_location(f"study_{name}", ROOT / "analyses" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
