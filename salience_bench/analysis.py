@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from . import stats
 from .runtime import available_memory
+from .tensors import CompactMasks, shape_of
 
 ALL_LAYERS = "all"
 OVERLAP_COLUMNS = ["metric_a", "metric_b", "layer", "jaccard", "overlap_coefficient"]
@@ -46,7 +47,7 @@ def overlap_frame(masks: Nested) -> pd.DataFrame:
 
 def _one(mapping: Mapping[str, torch.Tensor], name: str) -> Mapping[str, torch.Tensor]:
     """A one-tensor view of a score or mask mapping that keeps its compact form (no materialising)."""
-    return _Subset(mapping, [name])
+    return (_MaskSubset if isinstance(mapping, CompactMasks) else _Subset)(mapping, [name])
 
 
 class _Subset(Mapping[str, torch.Tensor]):
@@ -62,8 +63,18 @@ class _Subset(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getattr__(self, item: str):  # shape_of, indices, count … of the underlying mapping
-        return getattr(self.mapping, item)
+    def shape_of(self, name: str) -> torch.Size:
+        return shape_of(self.mapping, name)
+
+
+class _MaskSubset(_Subset):
+    """A one-tensor view of compact masks, still compact."""
+
+    def indices(self, name: str) -> torch.Tensor:
+        return self.mapping.indices(name)
+
+    def count(self, name: str | None = None) -> int:
+        return sum(self.mapping.count(n) for n in ([name] if name is not None else self.names))
 
 
 def rank_correlation_frame(
@@ -81,7 +92,7 @@ def rank_correlation_frame(
     metrics = list(scores)
     layers = _layers(scores)
     first = scores[metrics[0]]
-    sizes = {layer: math.prod(stats.shape_of(first, layer)) for layer in layers}
+    sizes = {layer: math.prod(shape_of(first, layer)) for layer in layers}
     device = first[layers[0]].device
     results: dict[tuple[str, str, str], tuple] = {}
     pairs = list(combinations(metrics, 2))
@@ -137,8 +148,9 @@ def allocation_frame(masks: Nested) -> pd.DataFrame:
     for metric, per_layer in masks.items():
         total_numel = total_selected = 0
         for layer in per_layer:
-            numel = math.prod(stats.shape_of(per_layer, layer))
-            selected = per_layer.count(layer) if hasattr(per_layer, "count") else int(per_layer[layer].sum().item())
+            numel = math.prod(shape_of(per_layer, layer))
+            selected = (per_layer.count(layer) if isinstance(per_layer, CompactMasks)
+                        else int(per_layer[layer].sum().item()))
             rows.append((metric, layer, numel, selected, selected / numel))
             total_numel, total_selected = total_numel + numel, total_selected + selected
         rows.append((metric, ALL_LAYERS, total_numel, total_selected, total_selected / total_numel))

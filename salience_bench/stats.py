@@ -17,6 +17,7 @@ import torch
 
 from . import fast_stats
 from .errors import SalienceBenchError, is_int
+from .tensors import CompactMasks, shape_of
 
 TensorOrDict = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
@@ -51,17 +52,11 @@ class _Pair:
             yield self.a[name], self.b[name]
 
 
-def shape_of(mapping: Mapping[str, torch.Tensor], name: str) -> torch.Size:
-    """A part's shape without computing it where the mapping knows it (lazy scores, compact masks)."""
-    shape_of = getattr(mapping, "shape_of", None)
-    return shape_of(name) if shape_of is not None else mapping[name].shape
-
-
 def intersection_and_sizes(a: TensorOrDict, b: TensorOrDict) -> tuple[int, int, int]:
     """(|A ∩ B|, |A|, |B|) of two boolean masks, one tensor at a time (compact masks by their positions)."""
     pair = _Pair(a, b)
     counts = []
-    if hasattr(pair.a, "indices") and hasattr(pair.b, "indices"):  # sorted positions: no boolean tensors
+    if isinstance(pair.a, CompactMasks) and isinstance(pair.b, CompactMasks):  # sorted positions: no boolean tensors
         for name in pair.names:
             x, y = pair.a.indices(name), pair.b.indices(name)
             counts.append(torch.stack([torch.isin(x, y).sum(), torch.tensor(x.numel(), device=x.device),

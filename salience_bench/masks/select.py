@@ -19,6 +19,7 @@ import torch
 
 from .. import fast_topk
 from ..errors import SalienceBenchError
+from ..tensors import ComputedTensors, numel_of
 
 Mask = Mapping[str, torch.Tensor]
 
@@ -64,11 +65,10 @@ def _triton_source(scores: Mapping[str, torch.Tensor]) -> "fast_topk.Source | No
             return None  # MaskSpec.apply names the value that is not a tensor
         tensors = [s.detach() for s in scores.values()]
         return fast_topk.Source.stored(tensors) if fast_topk.usable(tensors) else None
-    shape_of, device = getattr(scores, "shape_of", None), getattr(scores, "device", None)
-    if shape_of is None or not fast_topk.available(device):
+    if not isinstance(scores, ComputedTensors) or not fast_topk.available(scores.device):
         return None
-    names = list(scores)
-    numels = [math.prod(shape_of(n)) for n in names]
+    device, names = scores.device, list(scores)
+    numels = [math.prod(scores.shape_of(n)) for n in names]
     if not fast_topk.sizes_fit(numels):
         return None
 
@@ -93,10 +93,7 @@ def _non_finite(name: str) -> SalienceBenchError:
     return SalienceBenchError(f"scores of {name!r} contain NaN or inf; cannot rank them")
 
 
-def _numel(scores: Mapping[str, torch.Tensor], name: str) -> int:
-    """A tensor's size without computing it where the mapping knows its shape (scores computed on access)."""
-    shape_of = getattr(scores, "shape_of", None)
-    return math.prod(shape_of(name)) if shape_of is not None else scores[name].numel()
+_numel = numel_of  # a tensor's size without computing it where the mapping knows its shape
 
 
 def _bracketed_threshold(scores: Mapping[str, torch.Tensor], k: int) -> tuple[int, int] | None:

@@ -8,6 +8,7 @@ from typing import Collection, Mapping, Sequence
 import torch
 
 from ..errors import SalienceBenchError, is_int
+from ..tensors import ShapedTensors
 from .scopes import LoRAScope, MaskScope, get_scope
 from .select import MaskSet, _as_2d_shape, _non_finite, _triton_source
 from .structures import MaskStructure, get_structure
@@ -119,7 +120,7 @@ def _checked_shapes(spec: MaskSpec, scores: Mapping[str, torch.Tensor]) -> dict[
     shapes, bad = {}, None
     # The Triton route of the global top-k counts NaN and inf in its own pass over the scores.
     on_triton = spec.one_top_k and _triton_source(scores) is not None
-    if on_triton and not isinstance(scores, dict):
+    if on_triton and isinstance(scores, ShapedTensors):
         # scores computed on access: not computed an extra time here; shapes come from the mapping
         return {name: scores.shape_of(name) for name in scores}
     for name, s in scores.items():  # one tensor at a time (scores may be computed on access)
