@@ -224,7 +224,7 @@ def test_row_and_nm_masks_follow_output_rows_whatever_the_weight_layout(tiny_cau
     for name, module in modules.items():
         stored = module.weight.detach().abs()
         by_output = stored.T if sb.models.weight_is_transposed(module) else stored  # out × in
-        selected = mask[name].T if sb.models.weight_is_transposed(module) else mask[name]
+        selected = (mask[name].T if sb.models.weight_is_transposed(module) else mask[name]).cpu()  # GPU runs too
         width = by_output.shape[1]
         for row in range(by_output.shape[0]):
             groups = [(0, width)] if structure == "row" else [(s, s + 4) for s in range(0, width, 4)]
