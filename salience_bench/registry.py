@@ -1,4 +1,5 @@
-"""A name → object registry with errors that list the valid names (accumulators, training methods)."""
+"""A name → object registry with errors that list the valid names: every pluggable axis (metrics, accumulators,
+training methods, mask scopes and structures, tasks, model sources) registers in one."""
 
 from __future__ import annotations
 
@@ -15,14 +16,18 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self.entries: dict[str, T] = {}
+        self.aliases: dict[str, str] = {}  # another name → the entry's own name
 
-    def add(self, name: str, entry: T) -> T:
-        if not name or name in self.entries:
-            raise ValueError(f"{self.kind} name {name!r} is empty or already registered")
+    def add(self, name: str, entry: T, aliases: tuple[str, ...] = ()) -> T:
+        for taken in (name, *aliases):
+            if not taken or taken in self.entries or taken in self.aliases:
+                raise ValueError(f"{self.kind} name {taken!r} is empty or already registered")
         self.entries[name] = entry
+        self.aliases.update({alias: name for alias in aliases})
         return entry
 
     def get(self, name: str) -> T:
+        name = self.aliases.get(name, name)
         if name not in self.entries:
             raise SalienceBenchError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.entries)}")
         return self.entries[name]
@@ -38,5 +43,5 @@ class Registry(Generic[T]):
 
     def copy(self) -> "Registry[T]":
         clone = Registry[T](self.kind)
-        clone.entries = dict(self.entries)
+        clone.entries, clone.aliases = dict(self.entries), dict(self.aliases)
         return clone

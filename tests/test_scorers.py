@@ -13,7 +13,7 @@ from .scorer_tester import check_scorer
 @pytest.fixture
 def fresh_registry(monkeypatch):
     """Registrations made by a test vanish with it."""
-    monkeypatch.setattr(registry, "_REGISTRY", registry._Registry(dict(registry._REGISTRY.scorers), dict(registry._REGISTRY.aliases)))
+    monkeypatch.setattr(registry, "_REGISTRY", registry._REGISTRY.copy())
     monkeypatch.setattr(accumulator_base, "_ACCUMULATORS", accumulator_base._ACCUMULATORS.copy())
 
 

@@ -201,7 +201,7 @@ def test_bad_training_input_exits_2(tiny_model_dir, tmp_path, extra, message):
 
 
 def test_network_level_metric_cannot_drive_training(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(registry, "_REGISTRY", registry._Registry(dict(registry._REGISTRY.scorers), dict(registry._REGISTRY.aliases)))
+    monkeypatch.setattr(registry, "_REGISTRY", registry._REGISTRY.copy())
     sb.register_model_scorer("network_only", network_level=True)(lambda ctx: 1.0)
     code = compare.main(tiny_args(tiny_model_dir, tmp_path / "o", "--metrics", "grad,network_only", "--train"))
     assert code == 2

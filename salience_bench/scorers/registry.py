@@ -26,6 +26,7 @@ from torch import nn
 
 from ..accumulators import get_accumulator, list_accumulators
 from ..errors import SalienceBenchError, is_int, is_number
+from ..registry import Registry
 
 __all__ = [
     "ModelContext", "Option", "Scorer", "TensorStats", "describe_metrics", "get_scorer", "list_metrics", "register",
@@ -117,30 +118,20 @@ class Scorer:
         return bool(self.needs) or self.needs_data
 
 
-@dataclass
-class _Registry:
-    scorers: dict[str, Scorer] = field(default_factory=dict)
-    aliases: dict[str, str] = field(default_factory=dict)
-
-
-_REGISTRY = _Registry()
+_REGISTRY: Registry[Scorer] = Registry("metric")
 
 
 def _add(fn: Callable, name: str, aliases: Iterable[str], **fields) -> None:
     key = name.lower()
     alias_keys = tuple(a.lower() for a in aliases)
-    for taken in (key, *alias_keys):
-        if taken in _REGISTRY.scorers or taken in _REGISTRY.aliases:
-            raise ValueError(f"metric name {taken!r} is already registered")
     for option, spec in fields.get("options", {}).items():
-        clash = next((s.name for s in _REGISTRY.scorers.values() if option in s.options
+        clash = next((s.name for s in _REGISTRY.entries.values() if option in s.options
                       and s.options[option].type is not spec.type), None)
         if clash:
             raise ValueError(f"option {option!r} of {key!r} has another type than the same option of {clash!r}")
     doc = (fn.__doc__ or "").strip().splitlines()
-    _REGISTRY.scorers[key] = Scorer(name=key, fn=fn, description=doc[0] if doc else "", aliases=alias_keys, **fields)
-    for alias in alias_keys:
-        _REGISTRY.aliases[alias] = key
+    _REGISTRY.add(key, Scorer(name=key, fn=fn, description=doc[0] if doc else "", aliases=alias_keys, **fields),
+                  aliases=alias_keys)
 
 
 def register(
@@ -198,7 +189,7 @@ def register_model_scorer(
 def scorer_options() -> dict[str, Option]:
     """Every option any registered scorer declares, by name."""
     merged: dict[str, Option] = {}
-    for scorer in _REGISTRY.scorers.values():
+    for scorer in _REGISTRY.entries.values():
         merged.update(scorer.options)
     return dict(sorted(merged.items()))
 
@@ -218,21 +209,21 @@ def resolve_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def list_metrics() -> list[str]:
     """Sorted canonical metric names (aliases resolved, so each metric appears once)."""
-    return sorted(_REGISTRY.scorers)
+    return sorted(_REGISTRY.entries)
 
 
 def get_scorer(name: str) -> Scorer:
     """The scorer registered under ``name`` or one of its aliases."""
     key = str(name).strip().lower()
     key = _REGISTRY.aliases.get(key, key)
-    if key not in _REGISTRY.scorers:
-        every_name = sorted([*_REGISTRY.scorers, *_REGISTRY.aliases])
+    if key not in _REGISTRY.entries:
+        every_name = sorted([*_REGISTRY.entries, *_REGISTRY.aliases])
         close = difflib.get_close_matches(key, every_name, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise SalienceBenchError(
             f"unknown metric {name!r}.{hint} Valid metrics: {', '.join(list_metrics())}"
         )
-    return _REGISTRY.scorers[key]
+    return _REGISTRY.entries[key]
 
 
 def resolve_metrics(spec: str | Iterable[str]) -> list[str]:
@@ -250,7 +241,7 @@ def resolve_metrics(spec: str | Iterable[str]) -> list[str]:
         if item.lower() == "all":
             matches = list_metrics()
         elif any(ch in item for ch in "*?["):
-            every_name = [*_REGISTRY.scorers, *_REGISTRY.aliases]
+            every_name = [*_REGISTRY.entries, *_REGISTRY.aliases]
             matches = sorted({get_scorer(n).name for n in fnmatch.filter(every_name, item.lower())})
             if not matches:
                 raise SalienceBenchError(
@@ -266,5 +257,5 @@ def describe_metrics() -> list[tuple[str, str, str]]:
     """(name, aliases, description) for every metric, sorted by name; network-level ones say so."""
     return [
         (s.name, ", ".join(s.aliases), s.description + (" [network-level: reported, never masked]" if s.network_level else ""))
-        for s in (_REGISTRY.scorers[n] for n in list_metrics())
+        for s in (_REGISTRY.entries[n] for n in list_metrics())
     ]
