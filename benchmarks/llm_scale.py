@@ -93,6 +93,9 @@ def main(argv=None) -> None:
     parser.add_argument("--kendall-n", type=int, default=10**7, help="Kendall sample for the global pairs")
     parser.add_argument("--layer-kendall-n", type=int, default=20_000, help="Kendall sample per layer (the CLI's default)")
     parser.add_argument("--json", default=None, help="write the measurements here")
+    parser.add_argument("--cache-bytes", type=int, default=None,
+                        help="sb.score's cache of computed score tensors (default: the library's; 0: none, each read "
+                             "computes, as before the cache)")
     parser.add_argument("--nondeterministic", action="store_true",
                         help="score with fast, order-varying GPU kernels (sb.score(..., deterministic=False))")
     args = parser.parse_args(argv)
@@ -119,10 +122,13 @@ def main(argv=None) -> None:
     scores = None
     for label, metrics in (("grad", ["grad"]), ("five", FIVE), ("grad,snip,fisher", ["grad", "snip", "fisher"])):
         scores = None  # the previous run's accumulators go first
-        scores, t, p = measure(lambda: sb.score(model, batches, metrics, params=params,
+        scores, t, p = measure(lambda: sb.score(model, batches, metrics, params=params, cache_bytes=args.cache_bytes,
                                                         deterministic=not args.nondeterministic), args.repeats)
         record(f"score {label}", t, p, x_forward_backward=t / t_fb, extra_over_fb_in_accumulators=(p - p_fb) / accumulator,
                peak_in_accumulators=p / accumulator)
+    print(f"  score cache bound: {scores['grad'].cache.max_bytes / GIB:.2f} GiB "
+          f"({'every score kept once computed' if scores['grad'].cache.max_bytes else 'off: computed on each read'})",
+          flush=True)
     masks, t, p = measure(lambda: {m: sb.make_mask(s, density=0.01) for m, s in scores.items()})
     record("global 1% masks (3 metrics)", t, p, mask_bytes=sum(m.nbytes() for m in masks.values()))
     # One metric's exact global top-1% from scores computed on access (what the CLI masks), three routes.
@@ -163,7 +169,8 @@ def main(argv=None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=device_name, torch=torch.__version__, shape=args.shape, seq=args.seq,
-                           deterministic=not args.nondeterministic,
+                           deterministic=not args.nondeterministic, cache_bytes=args.cache_bytes,
+                           score_cache_bytes=scores["grad"].cache.max_bytes,
                            eligible=eligible, accumulator_bytes=accumulator, rows=rows,
                            global_rank_rows=global_rows.to_dict("records")), f, indent=2)
 
