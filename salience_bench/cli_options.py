@@ -39,6 +39,20 @@ _non_negative_float = _number(float, "a number", lambda v: math.isfinite(v) and 
 _density = _number(float, "a number", lambda v: 0 < v <= 1 and not math.isnan(v), "in (0, 1]", "density ")
 
 
+def _seed(text: str) -> int:
+    """A seed: an integer in [0, 2^63 − 1] (torch's generators take a signed 64-bit one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(text) from None  # _listed and argparse name the text
+    if not 0 <= value < sb.errors.SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"seed {text} must be an integer in [0, 2^63 − 1]")
+    return value
+
+
+_seed.__name__ = "seed"  # argparse: "invalid seed value: 'x'"
+
+
 def _count_or_all(text: str) -> int | None:
     """A count ≥ 0, or ``all`` (None)."""
     if text.strip().lower() == "all":
@@ -214,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--batch-size", type=_positive_int, default=_COMPARE.batch_size, help="examples per scoring batch (default: %(default)s)")
     data.add_argument("--max-length", type=_positive_int, default=None,
                       help="tokens per example after truncation (default: 64; 512 for prompt/completion data)")
-    data.add_argument("--seed", type=int, default=_COMPARE.seed,
+    data.add_argument("--seed", type=_seed, default=_COMPARE.seed,
                       help="seeds the head initialisation, the sample of scoring sentences, 'random' and the "
                            "Kendall subsample (default: %(default)s)")
 
@@ -253,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="causal LMs: exact match of the final number (GSM8K '#### n') in greedy completions of the "
                             "first N evaluation prompts, with a 95%% Wilson interval; 0 skips it (default: all, e.g. "
                             "GSM8K's 1,319 test prompts; the untrained model is evaluated too, as method 'base')")
-    train.add_argument("--seeds", type=_listed(int, "integers"), default=None, metavar="LIST",
+    train.add_argument("--seeds", type=_listed(_seed, "integers in [0, 2^63 − 1]"), default=None, metavar="LIST",
                        help="comma-separated seeds, one run per seed and method, for error bars (default: --seed)")
 
     run = parser.add_argument_group("run")

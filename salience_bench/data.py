@@ -188,6 +188,17 @@ def _read_jsonl(text: str, source: str) -> list[dict]:
     return rows
 
 
+def _utf8_text(path: Path) -> str:
+    """The file's text, or a one-line error naming the file, the line and the byte that is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise SalienceBenchError(f"{str(path)!r} line {line} is not UTF-8 (byte {raw[err.start]:#04x} at offset "
+                                 f"{err.start}); JSON-lines files must be UTF-8") from None
+
+
 def _read_prompts(name: str, split: str) -> PromptDataset:
     if name in PROMPT_BUNDLED:
         files = PROMPT_BUNDLED[name]
@@ -202,7 +213,7 @@ def _read_prompts(name: str, split: str) -> PromptDataset:
     if split not in ("train", "validation"):
         raise SalienceBenchError(f"dataset {name!r} has no split {split!r}; valid: train, validation (its last "
                                  f"{JSONL_HELD_OUT:.0%})")
-    rows = _read_jsonl(path.read_text(encoding="utf-8"), str(path))
+    rows = _read_jsonl(_utf8_text(path), str(path))
     held_out = min(500, max(1, round(JSONL_HELD_OUT * len(rows)))) if len(rows) > 1 else 0
     rows = rows[: len(rows) - held_out] if split == "train" else rows[len(rows) - held_out:]
     prompts, completions = _prompt_rows(rows, str(path))

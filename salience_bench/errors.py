@@ -19,6 +19,16 @@ def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+SEED_LIMIT = 2**63  # torch's generators take a signed 64-bit seed
+
+
+def check_seed(value: object, what: str = "seed") -> int:
+    """``value`` as a seed: an integer in [0, 2^63), else a one-line error naming it."""
+    if not is_int(value) or not 0 <= value < SEED_LIMIT:
+        raise SalienceBenchError(f"{what} {value!r} must be an integer in [0, 2^63 − 1]")
+    return value
+
+
 def check_at_least(owner: object, name: str, floor: int, hint: str = "") -> None:
     """``owner.name`` an integer ≥ ``floor``, else a one-line error naming it as its flag reads (``max-length``)."""
     value = getattr(owner, name)

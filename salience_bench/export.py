@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import SalienceBenchError
 from .masks import MaskSet
-from .models import linear_modules_for, new_parameters
+from .models import linear_modules_for, new_parameters, weight_is_transposed
 from .report.io import atomic_path
 
 FORMAT = "salience_bench.masks/1"
@@ -109,6 +109,7 @@ def to_peft_shira(model: nn.Module, masks: Mapping[str, torch.Tensor], r: int, *
     if unknown:
         raise SalienceBenchError(f"masks name parameters this model does not have: {unknown[:3]}")
     modules = linear_modules_for(model, {n: params[n] for n in masks}, "SHiRA adapts weights that are")
+    refuse_transposed({n: m for n, m in modules.items()}, "peft's SHiRA adapters (--export-peft)")
     by_weight = {}
     for name, module in modules.items():
         mask = masks[name]
@@ -132,6 +133,16 @@ def to_peft_shira(model: nn.Module, masks: Mapping[str, torch.Tensor], r: int, *
         config = ShiraConfig(r=r, target_modules=targets, modules_to_save=heads, mask_type="salience_bench")
         config.mask_fn = mask_fn
         return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def refuse_transposed(modules: Mapping[str, nn.Module], what: str) -> None:
+    """A one-line error where ``what`` (a peft method that takes nn.Linear only) meets weights stored input × output."""
+    transposed = [name for name, module in modules.items() if weight_is_transposed(module)]
+    if transposed:
+        kind = type(modules[transposed[0]]).__name__
+        raise SalienceBenchError(f"{what} adapt nn.Linear layers only, but {len(transposed)} eligible weights are in "
+                                 f"transformers' {kind} layers (stored input × output, e.g. {transposed[0]!r}); leave "
+                                 "it out for this model, or --exclude those layers")
 
 
 def _version() -> str:

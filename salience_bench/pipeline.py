@@ -14,6 +14,7 @@ builds masks and tables and writes.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -26,9 +27,9 @@ import torch
 from . import analysis, distributed, gguf_models
 from .data import (Dataset, check_dataset_name, dataset_task, headline_metric, load_dataset, load_eval_dataset,
                    make_batches)
-from .errors import SalienceBenchError, check_at_least
+from .errors import SalienceBenchError, check_at_least, check_seed
 from .masks import Mask, MaskSpec
-from .models import TASKS, check_model_name, eligible_parameters, infer_task, load_model_and_tokenizer
+from .models import TASKS, check_model_name, eligible_parameters, infer_task, is_linear, load_model_and_tokenizer
 from .report import io as report_io
 from .report.output import OutputFolder
 from .runtime import check_device_name, quiet_transformers, resolve_device
@@ -67,7 +68,7 @@ class TrainingPlan(TrainingHyperparameters):
         if unknown:
             raise SalienceBenchError(f"unknown baseline {unknown[0]!r}; valid: {', '.join(list_baselines())}")
         if self.seeds is not None:
-            self.seeds = tuple(dict.fromkeys(self.seeds))
+            self.seeds = tuple(dict.fromkeys(check_seed(s) for s in self.seeds))
 
     def train_config(self, compare: "CompareConfig") -> TrainConfig:
         """The per-run settings; mask, scoring data and eligible tensors come from the comparison."""
@@ -140,6 +141,7 @@ class CompareConfig:
                 raise SalienceBenchError(f"shard (sharded scoring) scores and compares only; {', '.join(clashing)} need "
                                          "the whole model on each process: run them without sharding")
         check_device_name(self.device)
+        check_seed(self.seed)
         object.__setattr__(self, "score_options", resolve_options(self.score_options))
         if self.training is not None:
             unmaskable = [m for m in self.metrics if not get_scorer(m).maskable]
@@ -152,6 +154,8 @@ class CompareConfig:
         for path in self.load_masks:
             if not Path(path).is_file():
                 raise SalienceBenchError(f"mask file {path!r} does not exist")
+        if self.export_peft is not None:
+            _check_output_folder(Path(self.export_peft).expanduser(), "export-peft folder")
 
     def resolved_task(self) -> str:
         """The task, with ``auto`` read from the checkpoint; it must fit the dataset."""
@@ -166,6 +170,36 @@ class CompareConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _check_peft_layers(config: CompareConfig, model, params) -> None:
+    """Before scoring: the SHiRA export and the training methods that take nn.Linear only meet no Conv1D weight."""
+    from .export import refuse_transposed
+
+    linear_only = [f"the {m} baseline's peft layers" for m in (config.training.baselines if config.training else ())
+                   if not get_method(m).adapts_transposed]
+    if config.export_peft is not None:
+        linear_only.append("peft's SHiRA adapters (--export-peft)")
+    if linear_only:
+        owners = {id(m.weight): m for m in model.modules() if is_linear(m)}
+        modules = {name: owners[id(p)] for name, p in params.items() if id(p) in owners}
+        for what in linear_only:
+            refuse_transposed(modules, what)
+
+
+def _check_output_folder(path: Path, what: str) -> None:
+    """A folder that can be written into: an existing directory one may write, or a new one inside one."""
+    if path.exists():
+        if not path.is_dir():
+            raise SalienceBenchError(f"{what} {str(path)!r} is a file, not a folder")
+        target = path
+    else:
+        target = path.parent
+        if not target.is_dir():
+            raise SalienceBenchError(f"{what} {str(path)!r} is inside {str(target)!r}, which "
+                                     + ("is a file" if target.exists() else "does not exist") + "; make the folder first")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise SalienceBenchError(f"{what} {str(path)!r} cannot be written ({str(target)!r} is not writable)")
 
 
 def _task_mismatch(task: str, dataset: str) -> str:
@@ -288,6 +322,7 @@ def run_comparison(config: CompareConfig, *, tables: bool = True, progress: bool
     params = eligible_parameters(model, config.include, config.exclude)
     eligible = sum(p.numel() for p in params.values())
     config.mask.check_shapes({name: p.shape for name, p in params.items()})
+    _check_peft_layers(config, model, params)
     needs_data = any(get_scorer(m).uses_data for m in config.metrics)
     batches = (make_batches(data, tokenizer, batch_size=config.batch_size, num_batches=config.batches,
                             max_length=config.max_length, seed=config.seed, chat_template=config.chat_template)

@@ -327,3 +327,48 @@ def test_git_commit_is_dirty_for_changed_tracked_files_except_under_the_ignored_
     assert git_commit(repo, ignore=repo / "figures" / "study") == head
     (repo / "code.py").write_text("a = 2\n")  # a code change still counts
     assert git_commit(repo / "figures", ignore=repo / "figures" / "study") == head + "-dirty"
+
+
+# --- the new surface: JSON lines, export folders, Conv1D under peft, seeds -----------------------------------------
+
+def test_a_jsonl_file_that_is_not_utf8_is_named_with_its_line(tiny_causal_dirs, tmp_path):
+    data = tmp_path / "latin1.jsonl"
+    data.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "c"}\n')
+    out = tmp_path / "out"
+    result = run_cli(*tiny_args(tiny_causal_dirs["llama"], out, "--dataset", f"jsonl:{data}"))
+    assert_clean_failure(result, f"'{data}' line 2 is not UTF-8 (byte 0xe9")
+    assert no_trace(out)
+
+
+@pytest.mark.parametrize("where", ["a file", "under a missing folder", "under a file"])
+def test_export_peft_folders_are_checked_before_scoring(tiny_model_dir, tmp_path, where):
+    existing = tmp_path / "existing.txt"
+    existing.write_text("keep me")
+    target = {"a file": existing, "under a missing folder": tmp_path / "missing" / "adapters",
+              "under a file": existing / "adapters"}[where]
+    message = {"a file": "is a file, not a folder", "under a missing folder": "which does not exist",
+               "under a file": "which is a file"}[where]
+    out = tmp_path / "out"
+    result = run_cli(*tiny_args(tiny_model_dir, out, "--scope", "lora", "--rank", "1", "--export-peft", str(target)))
+    assert_clean_failure(result, message)
+    assert no_trace(out) and existing.read_text() == "keep me" and not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--scope", "lora", "--rank", "1", "--export-peft", "ADAPTERS"], "peft's SHiRA adapters (--export-peft) adapt nn.Linear"),
+    (["--train", "--baselines", "shira"], "the shira baseline's peft layers adapt nn.Linear layers only"),
+    (["--train", "--baselines", "supertuning"], "the supertuning baseline's peft layers adapt nn.Linear layers only"),
+])
+def test_peft_methods_that_take_linear_layers_only_refuse_gpt2_up_front(tiny_causal_dirs, tmp_path, extra, message):
+    out = tmp_path / "out"
+    extra = [str(tmp_path / "adapters") if e == "ADAPTERS" else e for e in extra]
+    result = run_cli(*tiny_args(tiny_causal_dirs["gpt2"], out, "--dataset", "gsm8k", *extra))
+    assert_clean_failure(result, message)
+    assert "Conv1D" in result.stderr and no_trace(out) and not (tmp_path / "adapters").exists()
+
+
+@pytest.mark.parametrize("extra", [["--seed", str(2**64)], ["--train", "--seeds", f"1,{2**64}"], ["--seed", "-1"]])
+def test_seeds_outside_64_bits_are_refused(tiny_model_dir, tmp_path, extra):
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli(*tiny_args(tiny_model_dir, out, *extra)), "must be an integer in [0, 2^63 − 1]")
+    assert no_trace(out)

@@ -100,6 +100,9 @@ class TrainingMethod:
     uses_metric: ClassVar[bool] = False  # True: a salience metric drives it (runs once per metric)
     trains: ClassVar[bool] = True  # False: evaluated as loaded, no optimizer and no steps (the ``base`` row)
     seeded: ClassVar[bool] = True  # False: one run at the first seed stands for all (its result does not vary)
+    # False: cannot adapt weights stored input × output (transformers' Conv1D, the GPT-2 family): peft's SHiRA and
+    # Super-Tuning take nn.Linear only, and a run is refused before anything is scored
+    adapts_transposed: ClassVar[bool] = True
 
     def __init__(self, setup: RunSetup):
         self.setup = setup

@@ -13,6 +13,7 @@ from .lora import LoRA, matched_lora_rank, peft_targets, with_peft
 @register_method
 class SHiRA(LoRA):
     name = "shira"
+    adapts_transposed = False  # peft's SHiRA: nn.Linear only
     adapter_prefix = "shira_"
 
     def prepare(self) -> nn.Module:

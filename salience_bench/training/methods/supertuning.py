@@ -12,6 +12,7 @@ from .lora import peft_targets, with_peft
 @register_method
 class SuperTuning(TrainingMethod):
     name = "supertuning"
+    adapts_transposed = False  # peft's Super-Tuning: nn.Linear only
 
     def prepare(self) -> nn.Module:
         try:
