@@ -211,6 +211,13 @@ def test_synflow_removes_batchnorm_on_a_cnn():
     assert all(torch.equal(a, b) for a, b in zip(cnn.state_dict().values(), copy.deepcopy(cnn).state_dict().values()))
     with pytest.raises(sb.SalienceBenchError, match="synflow_input_shape"):
         sb.score(cnn, None, ["synflow"], params=params)
+    with pytest.raises(sb.SalienceBenchError, match="synflow_input_shape '3,x' must be comma-separated sizes ≥ 1"):
+        sb.score(cnn, None, ["synflow"], params=params, options={"synflow_input_shape": "3,x"})
+
+
+def test_synflow_refuses_more_tokens_than_positions(model):
+    with pytest.raises(sb.SalienceBenchError, match="synflow_tokens 65 is longer than the model's 64 positions"):
+        sb.score(model, None, ["synflow"], options={"synflow_tokens": 65})
 
 
 def test_synflow_swaps_modules_instead_of_patching_forward(model):

@@ -108,12 +108,24 @@ def synflow(ctx: ModelContext) -> dict[str, torch.Tensor]:
     if embeddings is None and not shape:
         raise SalienceBenchError("synflow on a model without input embeddings needs its input shape: "
                                  "options={'synflow_input_shape': 'C,H,W'}")
+    config = getattr(model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if embeddings is not None and positions and tokens > positions:
+        raise SalienceBenchError(f"synflow_tokens {tokens} is longer than the model's {positions} positions; "
+                                 f"valid: 1 … {positions}")
+    if embeddings is None:
+        try:
+            dims = [int(x) for x in shape.split(",")]
+        except ValueError:
+            dims = []
+        if not dims or min(dims) < 1:
+            raise SalienceBenchError(f"synflow_input_shape {shape!r} must be comma-separated sizes ≥ 1, e.g. '3,32,32'")
     with ScoringMode(model, params), absolute_float64(model), linearised(model), torch.enable_grad():
         if embeddings is not None:  # a transformer: all-ones input embeddings of ``tokens`` positions
             ones = torch.ones(1, tokens, embeddings.embedding_dim, dtype=torch.float64, device=device)
             output = model(inputs_embeds=ones, attention_mask=torch.ones(1, tokens, dtype=torch.long, device=device))
         else:
-            output = model(torch.ones(1, *(int(x) for x in shape.split(",")), dtype=torch.float64, device=device))
+            output = model(torch.ones(1, *dims, dtype=torch.float64, device=device))
         total = _logits(output).sum()
         names = list(params)
         grads = torch.autograd.grad(total, [params[n] for n in names], allow_unused=True)
