@@ -17,6 +17,7 @@ import torch
 
 from . import fast_stats
 from .errors import SalienceBenchError, is_int
+from .runtime import available_memory
 from .tensors import CompactMasks, shape_of
 
 TensorOrDict = Union[torch.Tensor, Mapping[str, torch.Tensor]]
@@ -109,7 +110,11 @@ def _gather(parts, numel: int) -> torch.Tensor:
     return buffer
 
 
-SORTED_RANKS_MAX = 1 << 24  # up to this many entries one sort ranks them; beyond, value buckets bound the memory
+SORTED_RANKS_MAX = 1 << 24  # up to this many entries one sort ranks them; beyond, value buckets bound the memory …
+# … unless one sort's ~24 bytes per entry fit in this and in a quarter of the free memory: on 2 CPU cores the 64 value
+# ranges cost 60 s for SmolLM2's 106M weights where one sort takes 17 s; a 0.95B model's 20 GB sort still goes by ranges
+SORT_BUDGET_BYTES = 4 << 30
+SORT_BYTES_PER_ENTRY = 24
 RANK_BUCKETS = 64
 
 
@@ -117,7 +122,8 @@ def doubled_ranks(values: torch.Tensor) -> torch.Tensor:
     """2 × the tie-averaged 1-based rank of every entry of a 1-D tensor, as exact integers (int32 where
     they fit, else int64): first + last + 1 of its tie group in sorted order.
 
-    Up to 2^24 entries: one sort. Beyond: the values are split into about 64 value ranges by a sorted
+    Up to 2^24 entries, or where one sort fits in 4 GiB and a quarter of the free memory: one sort. Beyond: the
+    values are split into about 64 value ranges by a sorted
     sample; each range's entries are sorted on their own and ranked after the entries of the ranges below,
     and a value the sample shows to be heavily tied gets a range of its own, ranked without sorting. Ties
     never straddle ranges, so the ranks are the same; the extra memory is 1 byte per entry (a membership
@@ -126,7 +132,7 @@ def doubled_ranks(values: torch.Tensor) -> torch.Tensor:
     n = values.numel()
     dtype = torch.int32 if 2 * n + 1 < 2**31 else torch.int64
     ranks = torch.empty(n, dtype=dtype, device=values.device)
-    if n <= SORTED_RANKS_MAX:
+    if n <= SORTED_RANKS_MAX or _one_sort_fits(n, values.device):
         _rank_sorted(values, ranks, None, 0)
         return ranks
     below = 0
@@ -143,6 +149,11 @@ def doubled_ranks(values: torch.Tensor) -> torch.Tensor:
         below += count
         del inside
     return ranks
+
+
+def _one_sort_fits(n: int, device: torch.device) -> bool:
+    need = SORT_BYTES_PER_ENTRY * n
+    return need <= SORT_BUDGET_BYTES and need <= 0.25 * available_memory(device)
 
 
 def _group_starts(sorted_values: torch.Tensor) -> torch.Tensor:

@@ -146,13 +146,13 @@ def check_ranks(device: str) -> None:
         os.environ["SALIENCE_BENCH_TRITON"] = "1"
         assert fast.dtype == reference.dtype and torch.equal(fast, reference), x[:5]
         np.testing.assert_array_equal(fast.numpy(), 2 * scipy.stats.rankdata(x.numpy()))
-    saved = stats.SORTED_RANKS_MAX
-    stats.SORTED_RANKS_MAX = 1000  # the bucketed route: value ranges ranked at their positions
+    saved, budget = stats.SORTED_RANKS_MAX, stats.SORT_BUDGET_BYTES
+    stats.SORTED_RANKS_MAX, stats.SORT_BUDGET_BYTES = 1000, 0  # the bucketed route: value ranges ranked at their positions
     try:
         x = (torch.randn(30_000, generator=g) * 5).round()
         np.testing.assert_array_equal(stats.doubled_ranks(x.to(device)).cpu().numpy(), 2 * scipy.stats.rankdata(x.numpy()))
     finally:
-        stats.SORTED_RANKS_MAX = saved
+        stats.SORTED_RANKS_MAX, stats.SORT_BUDGET_BYTES = saved, budget
     x, y = torch.randn(5000, generator=g).round(), torch.randn(5000, generator=g).round()
     assert stats.spearman(x.to(device), y.to(device)) == pytest.approx(
         scipy.stats.spearmanr(x.numpy(), y.numpy()).statistic, abs=1e-12)
