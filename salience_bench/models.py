@@ -11,7 +11,7 @@ from torch import nn
 
 from .errors import SalienceBenchError
 from .sources import BUNDLED_MODEL, bundled_model_path, resolve_model
-from .tasks import get_task, list_tasks
+from .tasks import check_task_name, get_task
 from .tasks import infer_task as infer_task_of
 
 _BLOCK_INDEX = re.compile(r"(^|\.)\d+\.")
@@ -27,9 +27,6 @@ def check_model_name(model: str, *, log: Callable[[str], None] | None = None) ->
     the bundled MiniLM, packaged GGUF models, ``.gguf`` files, folders, hub names); a missing folder is named as such,
     before any download. A GGUF model is converted on first use (``log`` hears of it, stderr by default)."""
     return resolve_model(model, log=log)
-
-
-TASKS = tuple(list_tasks())
 
 
 def _conv1d_type() -> type | None:
@@ -87,10 +84,8 @@ def load_model_and_tokenizer(
     """
     from transformers import AutoTokenizer
 
-    if task == "auto":
+    if check_task_name(task) == "auto":
         task = infer_task(model)
-    if task not in TASKS:
-        raise SalienceBenchError(f"unknown task {task!r}; valid: auto, {', '.join(TASKS)}")
     path = check_model_name(model)
     torch.manual_seed(seed)
     options = {"dtype": dtype} if dtype is not None else {}

@@ -29,7 +29,7 @@ from .data import (Dataset, check_dataset_name, dataset_task, headline_metric, l
                    make_batches)
 from .errors import SalienceBenchError, check_at_least, check_seed
 from .masks import Mask, MaskSpec
-from .models import TASKS, check_model_name, eligible_parameters, infer_task, is_linear, load_model_and_tokenizer
+from .models import check_model_name, eligible_parameters, infer_task, is_linear, load_model_and_tokenizer
 from .report import io as report_io
 from .report.output import OutputFolder
 from .runtime import check_device_name, quiet_transformers, resolve_device
@@ -37,7 +37,7 @@ from .scorers import get_scorer, resolve_metrics, resolve_options
 from .scoring import Scores, check_sum_dtype, score
 from .sharding import shard_model
 from .stats import chance_jaccard
-from .tasks import get_task
+from .tasks import check_task_name, get_task
 from .training.methods import get_method, list_baselines
 from .training.loop import RunInputs, TrainConfig, TrainingHyperparameters
 
@@ -112,8 +112,7 @@ class CompareConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", tuple(resolve_metrics(self.metrics)))  # names, aliases, globs, "all"
         check_dataset_name(self.dataset)
-        if self.task not in ("auto", *TASKS):
-            raise SalienceBenchError(f"unknown task {self.task!r}; valid: auto, {', '.join(TASKS)}")
+        check_task_name(self.task)
         if self.task != "auto" and self.task != dataset_task(self.dataset):
             raise SalienceBenchError(_task_mismatch(self.task, self.dataset))
         if self.max_length is None:

@@ -402,3 +402,5 @@ def test_a_new_task_is_one_class_the_loop_evaluates_with(monkeypatch):
     row = run_one("full", None, 0, config, inputs, progress=False).row
     assert 0 <= row["eval_balanced_accuracy"] <= 1 and "eval_mcc" not in row
     assert downstream_columns("balanced-classification")[-1] == "eval_balanced_accuracy"
+    loaded, _ = sb.load_model_and_tokenizer("bundled", task="balanced-classification")  # by name, as the CLI does
+    assert sorted(head_parameters(loaded)) == ["classifier.bias", "classifier.weight"]

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..data import batch_examples, loss_units
+from ..errors import SalienceBenchError
 from ..registry import Registry
 
 
@@ -57,6 +58,13 @@ get_task = TASKS.get
 
 def list_tasks() -> list[str]:
     return list(TASKS.entries)
+
+
+def check_task_name(task: str) -> str:
+    """``task`` if it is ``auto`` or a task registered now, else a one-line error listing them."""
+    if task != "auto" and task not in TASKS.entries:
+        raise SalienceBenchError(f"unknown task {task!r}; valid: auto, {', '.join(TASKS.entries)}")
+    return task
 
 
 def infer_task(config: Any) -> str:
