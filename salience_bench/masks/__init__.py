@@ -20,12 +20,9 @@ from .select import (
 from .spec import MaskSpec, make_mask
 from .structures import MASK_STRUCTURES, MaskStructure, get_structure, register_structure
 
-SCOPES = tuple(MASK_SCOPES.entries)
-STRUCTURES = tuple(MASK_STRUCTURES.entries)
-
 __all__ = [
-    "MASK_SCOPES", "MASK_STRUCTURES", "Mask", "MaskScope", "MaskSet", "MaskSpec", "MaskStructure", "SCOPES",
-    "STRUCTURES", "get_scope", "get_structure", "kth_largest_key", "make_mask", "radix_kth_largest_key",
+    "MASK_SCOPES", "MASK_STRUCTURES", "Mask", "MaskScope", "MaskSet", "MaskSpec", "MaskStructure",
+    "get_scope", "get_structure", "kth_largest_key", "make_mask", "radix_kth_largest_key",
     "register_scope", "register_structure", "selection_count", "top_k_mask", "_bracketed_threshold",
     "_ordered_keys", "_triton_source",
 ]
